@@ -1,0 +1,1 @@
+"""vafusion: valence/arousal from face and voice."""

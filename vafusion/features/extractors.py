@@ -1,0 +1,213 @@
+"""Extractors: what turns face crops or a waveform into one feature row per annotation frame.
+
+Two kinds share one small interface so the runner in ``extract.py`` needs no special cases:
+
+* face extractors map aligned 112x112 RGB crops ``(N, 112, 112, 3) uint8`` to ``(N, D)``;
+* audio extractors map a mono waveform and frame times ``(T,)`` to ``(T, D)`` plus a validity mask.
+
+The paper's three streams are roles (``visual``, ``vggish``, ``logmel``); ``resolve_streams`` says which
+extractor fills each role, using the offline stand-ins when published weights were not given.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from vafusion.config import FeaturesConfig
+from vafusion.errors import VafusionError
+
+ROLES = ("visual", "vggish", "logmel")
+FACE_EXTRACTORS = ("iresnet", "landmarks")
+AUDIO_EXTRACTORS = ("vggish", "egemaps", "logmel")
+
+
+class Extractor(Protocol):
+    name: str
+    modality: str
+    dim: int
+    params: dict
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
+@dataclass
+class _Base:
+    name: str
+    modality: str
+    dim: int
+    params: dict = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the output would change (extractor, parameters, weights file contents)."""
+        blob = json.dumps({"name": self.name, "dim": self.dim, **self.params}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _sha(path: str | None) -> str | None:
+    if path is None:
+        return None
+    from vafusion.weights import sha256
+
+    return sha256(path)
+
+
+class IResNetExtractor(_Base):
+    """IResNet face embeddings (paper eq. 1), 512-d, from an arcface_torch ``backbone.pth``."""
+
+    def __init__(self, arch: str, weights: str, batch: int = 64) -> None:
+        from vafusion.weights import load_iresnet
+
+        super().__init__("iresnet", "face", 512, {"arch": arch, "weights_sha256": _sha(weights)})
+        self.net = load_iresnet(arch, weights).eval()
+        self.batch = batch
+
+    @torch.inference_mode()
+    def encode(self, crops: np.ndarray) -> np.ndarray:
+        """(N, 112, 112, 3) uint8 RGB -> (N, 512) float32."""
+        from vafusion.features.iresnet import preprocess
+
+        out = [self.net(preprocess(crops[i:i + self.batch])).float().numpy()
+               for i in range(0, len(crops), self.batch)]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+class LandmarksExtractor(_Base):
+    """dlib 68-point landmarks on the aligned crop, normalised to the face box (offline stand-in for IResNet)."""
+
+    def __init__(self) -> None:
+        from vafusion.features.landmarks import LandmarkExtractor
+
+        self.impl = LandmarkExtractor()
+        super().__init__("landmarks", "face", int(self.impl.dim), dict(self.impl.params))
+
+    def encode(self, crops: np.ndarray) -> np.ndarray:
+        """(N, 112, 112, 3) uint8 RGB -> (N, 136) float32."""
+        return self.impl(crops)
+
+
+class VGGishExtractor(_Base):
+    """VGGish embeddings (paper eq. 2) of 0.96 s examples centred at each frame time."""
+
+    def __init__(self, weights: str, pca: str | None = None, batch: int = 64) -> None:
+        from vafusion.weights import load_vggish
+
+        super().__init__("vggish", "audio", 128, {"weights_sha256": _sha(weights), "pca_sha256": _sha(pca),
+                                                  "centre": "frame", "example_s": 0.96})
+        self.net = load_vggish(weights, pca=pca).eval()
+        self.batch = batch
+
+    @torch.inference_mode()
+    def at_times(self, wave: np.ndarray, sr: int, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Waveform + frame times (T,) -> (T, 128), valid (T,)."""
+        from vafusion.features.vggish import vggish_frame_examples
+
+        examples, valid = vggish_frame_examples(wave, sr, times)
+        out = [self.net(torch.from_numpy(examples[i:i + self.batch])).float().numpy()
+               for i in range(0, len(examples), self.batch)]
+        return (np.concatenate(out) if out else np.zeros((0, 128), np.float32)), valid
+
+
+class EGeMAPSExtractor(_Base):
+    """openSMILE eGeMAPSv02 low-level descriptors at each frame time (offline stand-in for VGGish)."""
+
+    def __init__(self) -> None:
+        from vafusion.features import egemaps
+
+        self.impl = egemaps
+        super().__init__("egemaps", "audio", int(egemaps.DIM), dict(getattr(egemaps, "PARAMS", {})))
+
+    def at_times(self, wave: np.ndarray, sr: int, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Waveform + frame times (T,) -> (T, 25), valid (T,)."""
+        return self.impl.egemaps_at(wave, sr, times)
+
+
+class LogMelExtractor(_Base):
+    """Paper eq. 3-4: the log-mel patch centred at each frame, encoded by a VGG-style network.
+
+    With ``weights`` the patch goes through the VGG encoder (128-d). Without, the stand-in encoder is the
+    per-band mean and standard deviation over the 0.96 s patch (64 + 64 = 128-d): same width, no weights.
+    """
+
+    chunk = 512
+
+    def __init__(self, weights: str | None = None, batch: int = 64) -> None:
+        encoder = "vgg" if weights else "stats"
+        super().__init__("logmel", "audio", 128, {"encoder": encoder, "weights_sha256": _sha(weights),
+                                                  "centre": "frame", "example_s": 0.96})
+        self.net = None
+        if weights:
+            from vafusion.weights import load_vgg_logmel
+
+            self.net = load_vgg_logmel(weights).eval()
+        self.batch = batch
+
+    @torch.inference_mode()
+    def at_times(self, wave: np.ndarray, sr: int, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Waveform + frame times (T,) -> (T, 128), valid (T,)."""
+        from vafusion.features.vggish import vggish_frame_examples
+
+        feats, valids = [], []
+        for i in range(0, len(times), self.chunk):
+            patches, valid = vggish_frame_examples(wave, sr, times[i:i + self.chunk])
+            if self.net is None:
+                feats.append(np.concatenate([patches.mean(1), patches.std(1)], axis=1).astype(np.float32))
+            else:
+                feats.append(np.concatenate([self.net(torch.from_numpy(patches[j:j + self.batch])).float().numpy()
+                                             for j in range(0, len(patches), self.batch)]))
+            valids.append(valid)
+        if not feats:
+            return np.zeros((0, 128), np.float32), np.zeros(0, bool)
+        return np.concatenate(feats), np.concatenate(valids)
+
+
+def resolve_streams(cfg: FeaturesConfig) -> tuple[dict[str, str], list[str]]:
+    """Map each role to an extractor name; the notes say which stand-ins replaced missing weights."""
+    notes = []
+    visual = cfg.visual
+    if visual == "auto":
+        visual = "iresnet" if cfg.iresnet_weights else "landmarks"
+        if visual == "landmarks":
+            notes.append("visual: dlib 68-point landmarks stand in for IResNet-50 (no --iresnet-weights given)")
+    vggish = cfg.vggish
+    if vggish == "auto":
+        vggish = "vggish" if cfg.vggish_weights else "egemaps"
+        if vggish == "egemaps":
+            notes.append("vggish: openSMILE eGeMAPSv02 stands in for VGGish (no --vggish-weights given)")
+    logmel = cfg.logmel
+    if logmel == "logmel" and not cfg.logmel_weights:
+        notes.append("logmel: log-mel band mean/std over 0.96 s stands in for the VGG encoder (no --logmel-weights)")
+    streams = {"visual": visual, "vggish": vggish, "logmel": logmel}
+    for role, name in streams.items():
+        if name not in FACE_EXTRACTORS + AUDIO_EXTRACTORS:
+            raise VafusionError(None, f"unknown extractor {name!r} for stream {role}",
+                                f"choose one of {', '.join(FACE_EXTRACTORS + AUDIO_EXTRACTORS)} or auto")
+    return streams, notes
+
+
+def build_extractor(name: str, cfg: FeaturesConfig):
+    """Instantiate an extractor by name; weights come from ``cfg`` and are verified on load."""
+    if name == "iresnet":
+        if not cfg.iresnet_weights:
+            raise VafusionError(None, "the iresnet extractor needs a weights file",
+                                "pass --iresnet-weights backbone.pth (insightface arcface_torch), or use landmarks")
+        return IResNetExtractor(cfg.iresnet_arch, cfg.iresnet_weights, cfg.face_batch)
+    if name == "landmarks":
+        return LandmarksExtractor()
+    if name == "vggish":
+        if not cfg.vggish_weights:
+            raise VafusionError(None, "the vggish extractor needs a weights file",
+                                "pass --vggish-weights vggish-10086976.pth (torchvggish release), or use egemaps")
+        return VGGishExtractor(cfg.vggish_weights, cfg.vggish_pca)
+    if name == "egemaps":
+        return EGeMAPSExtractor()
+    if name == "logmel":
+        return LogMelExtractor(cfg.logmel_weights)
+    raise VafusionError(None, f"unknown extractor {name!r}",
+                        f"choose from {', '.join(FACE_EXTRACTORS + AUDIO_EXTRACTORS)}")

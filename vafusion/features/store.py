@@ -1,0 +1,99 @@
+"""The feature store: one ``.npz`` per sample per extractor, plus a Parquet manifest any node can read.
+
+``FEATS/<extractor>/<sample>.npz`` holds ``features (T, D) float32``, ``valid (T,) bool`` (frame has a
+face / audio), ``times (T,) float64`` seconds and ``meta`` (JSON: extractor, params, weights hash, fps).
+Row i belongs to annotation line i, i.e. video frame i (1-based), at time (i - 1) / fps.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vafusion.errors import VafusionError
+from vafusion.io.atomic import atomic_path, save_npz
+
+MANIFEST = "manifest.parquet"
+
+
+@dataclass
+class FeatureFile:
+    """One sample's features from one extractor."""
+
+    features: np.ndarray
+    valid: np.ndarray
+    times: np.ndarray
+    meta: dict
+
+
+def feature_path(root: str | Path, extractor: str, name: str) -> Path:
+    """Where the features of ``name`` from ``extractor`` live."""
+    return Path(root) / extractor / f"{name}.npz"
+
+
+def write_features(path: Path, features: np.ndarray, valid: np.ndarray, times: np.ndarray, meta: dict) -> dict:
+    """Sanitise and write one feature file atomically; return counts of what was fixed.
+
+    Rows with NaN/Inf are zeroed and marked invalid, so no NaN ever reaches a model.
+    """
+    features = np.asarray(features, np.float32)
+    valid = np.asarray(valid, bool).copy()
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        features = features.copy()
+        features[bad] = 0.0
+        valid &= ~bad
+    meta = dict(meta, nonfinite_rows=int(bad.sum()))
+    save_npz(path, features=features, valid=valid, times=np.asarray(times, np.float64),
+             meta=np.array(json.dumps(meta, sort_keys=True, default=str)))
+    return {"nonfinite_rows": int(bad.sum())}
+
+
+def read_features(path: str | Path) -> FeatureFile:
+    """Load one feature file; a missing or unreadable file names the command that makes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise VafusionError(path, "feature file missing", "run `vafusion extract` for this dataset first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ff = FeatureFile(z["features"], z["valid"], z["times"], json.loads(str(z["meta"])))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise VafusionError(path, f"feature file is unreadable ({exc.__class__.__name__})",
+                            "delete it and rerun `vafusion extract` (finished files are skipped)") from None
+    if ff.features.ndim != 2 or ff.features.shape[0] != ff.valid.shape[0]:
+        raise VafusionError(path, f"feature file has shape {ff.features.shape} and {ff.valid.shape[0]} flags",
+                            "delete it and rerun `vafusion extract`")
+    bad = ~np.isfinite(ff.features).all(axis=1)
+    if bad.any():
+        ff.features = np.where(bad[:, None], 0.0, ff.features).astype(np.float32)
+        ff.valid = ff.valid & ~bad
+    return ff
+
+
+def read_meta(path: Path) -> dict | None:
+    """The ``meta`` of a finished feature file, or ``None`` if it is absent or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+
+
+def build_manifest(root: str | Path) -> pd.DataFrame:
+    """Scan the store and write ``manifest.parquet``: one row per (extractor, sample) file."""
+    root = Path(root)
+    rows = []
+    for path in sorted(root.glob("*/*.npz")):
+        meta = read_meta(path)
+        if meta is None:
+            continue
+        rows.append({"extractor": path.parent.name, "name": path.stem, "path": str(path.relative_to(root)),
+                     "frames": meta.get("frames"), "dim": meta.get("dim"), "valid_frac": meta.get("valid_frac"),
+                     "fingerprint": meta.get("fingerprint"), "fps": meta.get("fps")})
+    df = pd.DataFrame(rows, columns=["extractor", "name", "path", "frames", "dim", "valid_frac", "fingerprint", "fps"])
+    with atomic_path(root / MANIFEST) as tmp:
+        df.to_parquet(tmp, index=False)
+    return df

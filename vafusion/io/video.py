@@ -1,0 +1,188 @@
+"""Video and audio decoding with PyAV: probe, frames with timestamps, mono audio.
+
+Everything reads streams incrementally, so memory does not grow with video length.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from vafusion.errors import MediaError
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a container holds. ``width``/``height`` are after rotation metadata is applied."""
+
+    path: Path
+    fps: float
+    n_frames: int
+    width: int
+    height: int
+    duration: float
+    rotation: int
+    has_audio: bool
+    audio_rate: int | None
+    audio_channels: int | None
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: 0-based ``index``, ``time`` in seconds from the stream start, RGB ``image`` (H, W, 3)."""
+
+    index: int
+    time: float
+    image: np.ndarray
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.exists():
+        raise MediaError(path, "file not found", "check the path")
+    if path.stat().st_size == 0:
+        raise MediaError(path, "empty file (0 bytes)", "re-copy or re-download the video")
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise MediaError(path, f"not a readable media file ({exc.__class__.__name__}: {exc})",
+                         "check that it is a complete video; re-encode it with ffmpeg if needed") from None
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise MediaError(path, "no video stream (audio-only or not a video)", "pass a file with a video track")
+    return container.streams.video[0]
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate or float(rate) <= 0:
+        return 0.0
+    return float(Fraction(rate))
+
+
+def _rotation(stream: av.video.stream.VideoStream, container: av.container.InputContainer) -> int:
+    """Display rotation in degrees (0, 90, 180, 270), read from the first decoded frame's side data."""
+    try:
+        for frame in container.decode(stream):
+            return int(round(getattr(frame, "rotation", 0) or 0)) % 360
+    except av.error.FFmpegError:
+        return 0
+    return 0
+
+
+def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
+    """Read container facts; ``count_frames`` demuxes every packet for an exact frame count."""
+    path = Path(path)
+    container = _open(path)
+    with container:
+        stream = _video_stream(container, path)
+        fps = _stream_fps(stream)
+        ctx = stream.codec_context
+        width, height = int(ctx.width), int(ctx.height)
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        n_frames = int(stream.frames or 0)
+        if count_frames or n_frames <= 0:
+            n_frames = 0
+            try:
+                for packet in container.demux(stream):
+                    if packet.size:
+                        n_frames += 1
+            except av.error.FFmpegError as exc:
+                raise MediaError(path, f"stream is corrupt ({exc})",
+                                 "the file is probably truncated; re-copy it or re-encode with ffmpeg") from None
+            container.seek(0)
+        if fps <= 0 and duration > 0:
+            fps = n_frames / duration
+        audio = container.streams.audio[0] if container.streams.audio else None
+        rotation = _rotation(stream, container)
+    if rotation in (90, 270):
+        width, height = height, width
+    if n_frames <= 0:
+        raise MediaError(path, "video stream holds no frames", "check that the file is a complete video")
+    return VideoInfo(path=path, fps=fps, n_frames=n_frames, width=width, height=height, duration=duration,
+                     rotation=rotation, has_audio=audio is not None,
+                     audio_rate=int(audio.rate) if audio is not None else None,
+                     audio_channels=int(audio.channels) if audio is not None else None)
+
+
+def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
+    """Apply display rotation (counter-clockwise degrees, FFmpeg's convention) so the image stands upright."""
+    k = {0: 0, 90: 1, 180: 2, 270: 3}.get(rotation % 360, 0)
+    return np.ascontiguousarray(np.rot90(image, k)) if k else image
+
+
+def iter_frames(path: str | Path, start_time: float | None = None) -> Iterator[Frame]:
+    """Yield every frame as RGB with its presentation time (seconds from the first frame).
+
+    Times come from the stream's timestamps, so variable-frame-rate video keeps its real timing.
+    A stream that breaks mid-way raises ``MediaError`` after the frames decoded so far.
+    """
+    path = Path(path)
+    container = _open(path)
+    with container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        t0: float | None = start_time
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                t = frame.time
+                if t is None:
+                    fps = _stream_fps(stream) or 30.0
+                    t = index / fps + (t0 or 0.0)
+                if t0 is None:
+                    t0 = t
+                image = _rotate(frame.to_ndarray(format="rgb24"), int(round(getattr(frame, "rotation", 0) or 0)))
+                yield Frame(index=index, time=float(t - t0), image=image)
+                index += 1
+        except av.error.FFmpegError as exc:
+            raise MediaError(path, f"decoding stopped at frame {index} ({exc})",
+                             "the file is probably truncated or corrupt; re-encode it with ffmpeg") from None
+    if index == 0:
+        raise MediaError(path, "no frame could be decoded", "check that the file is a complete video")
+
+
+def read_audio(path: str | Path, sample_rate: int | None = 16000) -> tuple[np.ndarray, int] | None:
+    """Decode the first audio stream as mono float32 in [-1, 1]; ``None`` if the file has no audio.
+
+    ``sample_rate=None`` keeps the native rate (exact front ends such as VGGish resample themselves).
+    Channels are averaged (FFmpeg's downmix).
+    """
+    path = Path(path)
+    container = _open(path)
+    with container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        rate = int(sample_rate or stream.rate)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as exc:
+            if not chunks:
+                raise MediaError(path, f"audio stream cannot be decoded ({exc})",
+                                 "re-encode the audio with ffmpeg, or run without audio features") from None
+    wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    return wave, rate
+
+
+def frame_times(n_frames: int, fps: float) -> np.ndarray:
+    """Times of annotation frames: line i (1-based) <-> frame i <-> (i - 1) / fps seconds."""
+    return np.arange(n_frames, dtype=np.float64) / float(fps)

@@ -1,0 +1,147 @@
+"""Sequences, normalisation and training windows.
+
+A ``Sequence`` is one annotated person-track with every stream the model uses, frame-aligned by the
+feature store. Training cuts sequences into windows (300 frames, hop 200 by default); evaluation runs
+overlapping windows over whole sequences and averages them (``inference.sliding_predict``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vafusion.data.affwild2 import Sample, read_annotation
+from vafusion.features.store import feature_path, read_features
+
+
+@dataclass
+class Sequence:
+    """Per-role features (T, D) and validity (T,), with labels (T, 2) and their validity (T,)."""
+
+    name: str
+    video_id: str
+    feats: dict[str, np.ndarray]
+    valid: dict[str, np.ndarray]
+    labels: np.ndarray
+    label_valid: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return len(self.labels)
+
+
+def _fit_length(a: np.ndarray, n: int, fill: float | bool) -> np.ndarray:
+    if len(a) == n:
+        return a
+    if len(a) > n:
+        return a[:n]
+    pad = np.full((n - len(a),) + a.shape[1:], fill, dtype=a.dtype)
+    return np.concatenate([a, pad])
+
+
+def load_sequence(sample: Sample, feats_root: str | Path, streams: dict[str, str], roles: list[str]) -> Sequence:
+    """Read the labels and the features of ``roles`` (role -> extractor via ``streams``)."""
+    if sample.annotation is not None:
+        labels, label_valid = read_annotation(sample.annotation)
+    else:
+        labels, label_valid = None, None
+    feats, valid = {}, {}
+    for role in roles:
+        ff = read_features(feature_path(feats_root, streams[role], sample.name))
+        if labels is None:
+            labels = np.zeros((len(ff.features), 2), np.float32)
+            label_valid = np.zeros(len(ff.features), bool)
+        n = len(labels)
+        feats[role] = _fit_length(ff.features, n, 0.0)
+        valid[role] = _fit_length(ff.valid, n, False)
+    return Sequence(sample.name, sample.video_id, feats, valid, labels, label_valid)
+
+
+@dataclass
+class Normaliser:
+    """Per-role feature standardisation fitted on the valid training frames."""
+
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+
+    @classmethod
+    def fit(cls, seqs: list[Sequence]) -> Normaliser:
+        mean, std = {}, {}
+        for role in seqs[0].feats:
+            rows = [s.feats[role][s.valid[role]] for s in seqs]
+            x = np.concatenate([r for r in rows if len(r)] or [np.zeros((1, seqs[0].feats[role].shape[1]), np.float32)])
+            x = x.astype(np.float64)
+            mean[role] = x.mean(0).astype(np.float32)
+            std[role] = np.maximum(x.std(0), 1e-6).astype(np.float32)
+        return cls(mean, std)
+
+    def apply(self, seq: Sequence) -> Sequence:
+        feats = {r: np.where(seq.valid[r][:, None], (x - self.mean[r]) / self.std[r], 0.0).astype(np.float32)
+                 for r, x in seq.feats.items()}
+        return Sequence(seq.name, seq.video_id, feats, seq.valid, seq.labels, seq.label_valid)
+
+    def state(self) -> dict:
+        return {r: {"mean": torch.from_numpy(self.mean[r]), "std": torch.from_numpy(self.std[r])} for r in self.mean}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Normaliser:
+        return cls({r: v["mean"].numpy() for r, v in state.items()}, {r: v["std"].numpy() for r, v in state.items()})
+
+
+def window_starts(length: int, window: int, hop: int) -> list[int]:
+    """Window starts covering ``[0, length)``; the last window is aligned to the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, hop))
+    if starts[-1] + window < length:
+        starts.append(length - window)
+    return starts
+
+
+class WindowDataset(Dataset):
+    """Fixed-length windows of normalised sequences, padded with invalid frames.
+
+    In training, ``branch_dropout`` hides a whole stream of a window (as if the video had no audio or no
+    face) and ``frame_dropout`` hides random face frames, so the model learns to cope with both.
+    """
+
+    def __init__(self, seqs: list[Sequence], window: int, hop: int, train: bool = False,
+                 branch_dropout: float = 0.0, frame_dropout: float = 0.0, seed: int = 0) -> None:
+        self.seqs, self.window, self.train = seqs, window, train
+        self.index = [(i, s) for i, seq in enumerate(seqs) for s in window_starts(seq.length, window, hop)]
+        self.branch_dropout, self.frame_dropout = branch_dropout, frame_dropout
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, k: int) -> dict:
+        i, start = self.index[k]
+        seq, w = self.seqs[i], self.window
+        end = min(start + w, seq.length)
+        n = end - start
+
+        def cut(a: np.ndarray, fill) -> np.ndarray:
+            out = np.full((w,) + a.shape[1:], fill, dtype=a.dtype)
+            out[:n] = a[start:end]
+            return out
+
+        feats = {r: cut(x, 0.0) for r, x in seq.feats.items()}
+        valid = {r: cut(v, False) for r, v in seq.valid.items()}
+        if self.train and (self.branch_dropout > 0 or self.frame_dropout > 0):
+            rng = np.random.default_rng((self.seed, self.epoch, k))
+            roles = list(valid)
+            if len(roles) > 1 and rng.random() < self.branch_dropout:
+                valid[roles[rng.integers(len(roles))]][:] = False
+            if self.frame_dropout > 0:
+                valid[roles[0]] &= rng.random(w) >= self.frame_dropout
+        return {
+            "feats": {r: torch.from_numpy(x) for r, x in feats.items()},
+            "valid": {r: torch.from_numpy(v) for r, v in valid.items()},
+            "labels": torch.from_numpy(cut(seq.labels, 0.0)),
+            "label_valid": torch.from_numpy(cut(seq.label_valid, False)),
+        }

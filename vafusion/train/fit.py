@@ -1,0 +1,146 @@
+"""Train one model on a set of sequences with Lightning, and save it as a self-describing checkpoint."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from vafusion.config import Config
+from vafusion.models.fusion import BranchSpec, FusionConfig, FusionNet
+from vafusion.train.data import Normaliser, Sequence, WindowDataset
+from vafusion.train.module import VATask
+
+CHECKPOINT_FORMAT = "vafusion-model/1"
+
+
+def net_config(cfg: Config, roles: list[str], dims: dict[str, int]) -> FusionConfig:
+    """The network for ``roles`` (first role = query) with widths from ``cfg.model``."""
+    m = cfg.model
+    return FusionConfig(tcn_channels=m.tcn_channels, kernel_sizes=tuple(m.kernel_sizes), dilations=tuple(m.dilations),
+                        tcn_dropout=m.tcn_dropout, attn_dim=m.attn_dim, attn_dropout=m.attn_dropout,
+                        head_hidden=m.head_hidden, head_dropout=m.head_dropout,
+                        branches=[BranchSpec(r, dims[r]) for r in roles])
+
+
+def _collate(items: list[dict]) -> dict:
+    return {
+        "feats": {r: torch.stack([it["feats"][r] for it in items]) for r in items[0]["feats"]},
+        "valid": {r: torch.stack([it["valid"][r] for it in items]) for r in items[0]["valid"]},
+        "labels": torch.stack([it["labels"] for it in items]),
+        "label_valid": torch.stack([it["label_valid"] for it in items]),
+    }
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's info banners and known-harmless warnings off the user's terminal."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*number of training batches.*")
+    warnings.filterwarnings("ignore", ".*LitLogger.*")
+    warnings.filterwarnings("ignore", ".*litlogger.*")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
+def fit(train: list[Sequence], val: list[Sequence], roles: list[str], cfg: Config, work: Path, seed: int,
+        init: dict[str, torch.Tensor] | None = None, lr_scale: float = 1.0, resume: bool = False,
+        progress: bool = False) -> tuple[FusionNet, Normaliser, dict]:
+    """Fit a network on normalised windows of ``train``; early-stop on CCC of ``val``.
+
+    Returns the best network (by validation P), the normaliser fitted on ``train`` and training facts.
+    ``resume`` continues from ``work/last.ckpt`` when a previous run was interrupted.
+    """
+    quiet_lightning()
+    L.seed_everything(seed, workers=True, verbose=False)
+    norm = Normaliser.fit(train)
+    train_n = [norm.apply(s) for s in train]
+    val_n = [norm.apply(s) for s in val]
+    dims = {r: train[0].feats[r].shape[1] for r in roles}
+    net = FusionNet(net_config(cfg, roles, dims))
+    if init:
+        missing = net.load_state_dict(init, strict=False)
+        del missing
+    t = cfg.train
+    ds_train = WindowDataset(train_n, t.window, t.hop, train=True, branch_dropout=t.branch_dropout,
+                             frame_dropout=t.frame_dropout, seed=seed)
+    ds_val = WindowDataset(val_n, t.window, t.window)
+    gen = torch.Generator().manual_seed(seed)
+    dl_train = DataLoader(ds_train, batch_size=t.batch_size, shuffle=True, collate_fn=_collate,
+                          num_workers=t.num_workers, generator=gen)
+    dl_val = DataLoader(ds_val, batch_size=t.batch_size, shuffle=False, collate_fn=_collate, num_workers=t.num_workers)
+    task = VATask(net, t, lr_scale)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = ModelCheckpoint(dirpath=work, filename="best", monitor="val_P", mode="max", save_last=True,
+                           enable_version_counter=False)
+    stop = EarlyStopping(monitor="val_P", mode="max", patience=t.patience)
+    trainer = L.Trainer(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
+                        num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
+                        callbacks=[ckpt, stop], logger=CSVLogger(work, name="", version=""),
+                        enable_progress_bar=progress, enable_model_summary=False, deterministic=True,
+                        num_sanity_val_steps=0, log_every_n_steps=1)
+    last = work / "last.ckpt"
+    trainer.fit(task, dl_train, dl_val, ckpt_path=str(last) if resume and last.exists() else None)
+    if ckpt.best_model_path:
+        state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        task.load_state_dict(state)
+    facts = {"epochs": trainer.current_epoch, "best_val_P": float(ckpt.best_model_score or float("nan")),
+             "train_windows": len(ds_train), "train_frames": int(sum(s.label_valid.sum() for s in train)),
+             "params": sum(p.numel() for p in net.parameters())}
+    return task.net.eval(), norm, facts
+
+
+def save_model(path: Path, net: FusionNet, norm: Normaliser, streams: dict[str, str], cfg: Config,
+               extra: dict) -> None:
+    """Write a checkpoint that rebuilds the model without the training config (tensors + plain types only)."""
+    from vafusion.config import to_dict
+    from vafusion.io.atomic import atomic_path
+
+    fc = net.cfg
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "net": {"tcn_channels": fc.tcn_channels, "kernel_sizes": list(fc.kernel_sizes), "dilations": list(fc.dilations),
+                "tcn_dropout": fc.tcn_dropout, "attn_dim": fc.attn_dim, "attn_dropout": fc.attn_dropout,
+                "head_hidden": fc.head_hidden, "head_dropout": fc.head_dropout, "outputs": fc.outputs,
+                "branches": [[b.name, b.dim] for b in fc.branches]},
+        "streams": {r: streams[r] for r in net.names},
+        "norm": norm.state(),
+        "state_dict": net.state_dict(),
+        "config": to_dict(cfg),
+        "extra": extra,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_model(path: str | Path) -> tuple[FusionNet, Normaliser, dict[str, str], dict]:
+    """Rebuild a model saved by ``save_model``: (net in eval mode, normaliser, role -> extractor, payload)."""
+    from vafusion.errors import WeightsError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(path, "model checkpoint not found", "train one with `vafusion cv` (RUN/models/...)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise WeightsError(path, f"not a readable vafusion checkpoint ({exc.__class__.__name__})",
+                           "pass a fold<k>.pt file written by `vafusion cv`") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise WeightsError(path, "not a vafusion model checkpoint", "pass a fold<k>.pt file written by `vafusion cv`")
+    n = payload["net"]
+    fc = FusionConfig(tcn_channels=n["tcn_channels"], kernel_sizes=tuple(n["kernel_sizes"]),
+                      dilations=tuple(n["dilations"]), tcn_dropout=n["tcn_dropout"], attn_dim=n["attn_dim"],
+                      attn_dropout=n["attn_dropout"], head_hidden=n["head_hidden"], head_dropout=n["head_dropout"],
+                      outputs=n["outputs"], branches=[BranchSpec(a, int(b)) for a, b in n["branches"]])
+    net = FusionNet(fc)
+    result = net.load_state_dict(payload["state_dict"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise WeightsError(path, f"checkpoint does not match its network: missing {result.missing_keys[:3]}, "
+                                 f"unexpected {result.unexpected_keys[:3]}", "retrain with `vafusion cv`")
+    return net.eval(), Normaliser.from_state(payload["norm"]), dict(payload["streams"]), payload

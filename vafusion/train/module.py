@@ -1,0 +1,51 @@
+"""The Lightning task: owns loss (1 - CCC), metric (CCC per dimension) and optimiser; the net stays pure."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from vafusion.config import TrainConfig
+from vafusion.metrics import CCC, ccc_loss
+from vafusion.models.fusion import FusionNet
+
+
+class VATask(L.LightningModule):
+    """Train a ``FusionNet`` on windows; validation reports CCC of valence, arousal and their mean ``val_P``."""
+
+    def __init__(self, net: FusionNet, cfg: TrainConfig, lr_scale: float = 1.0) -> None:
+        super().__init__()
+        self.net = net
+        self.cfg = cfg
+        self.lr = cfg.lr * lr_scale
+        self.val_ccc = CCC(num_outputs=2)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.net(batch["feats"], batch["valid"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        pred = self(batch)
+        loss = ccc_loss(pred, batch["labels"], batch["label_valid"])
+        self.log("train_loss", loss, prog_bar=True, batch_size=pred.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self(batch)
+        self.val_ccc.update(pred, batch["labels"], batch["label_valid"])
+
+    def on_validation_epoch_end(self) -> None:
+        c = self.val_ccc.compute()
+        self.log_dict({"val_valence": c[0].float(), "val_arousal": c[1].float(), "val_P": c.mean().float()},
+                      prog_bar=True)
+        self.val_ccc.reset()
+
+    def on_train_epoch_start(self) -> None:
+        loader = self.trainer.train_dataloader
+        ds = getattr(loader, "dataset", None)
+        if ds is not None and hasattr(ds, "epoch"):
+            ds.epoch = self.current_epoch
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=self.cfg.plateau_factor,
+                                                           patience=self.cfg.plateau_patience)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_P"}}
