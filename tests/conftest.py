@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny media files made with PyAV inside the tests (nothing is downloaded)."""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_VIDEOS = REPO.parent / "shared" / "testdata" / "videos"
+
+
+def write_video(path: Path, n_frames: int, fps: int = 30, size: tuple[int, int] = (64, 48), audio: bool = True,
+                audio_seconds: float | None = None, sample_rate: int = 16000, tone: float = 440.0,
+                codec: str = "libx264") -> Path:
+    """Write an H.264 (+ AAC) clip whose frame i shows brightness i so frames can be identified."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream(codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        aus = None
+        if audio:
+            aus = out.add_stream("aac", rate=sample_rate)
+            aus.layout = "mono"
+        for i in range(n_frames):
+            img = np.full((h, w, 3), (i * 7) % 256, np.uint8)
+            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+        if aus is not None:
+            secs = audio_seconds if audio_seconds is not None else n_frames / fps
+            t = np.arange(int(secs * sample_rate)) / sample_rate
+            wave = (0.3 * np.sin(2 * np.pi * tone * t)).astype(np.float32)
+            step = 1024
+            for k in range(0, len(wave), step):
+                frame = av.AudioFrame.from_ndarray(wave[None, k:k + step], format="flt", layout="mono")
+                frame.sample_rate = sample_rate
+                frame.pts = k
+                frame.time_base = Fraction(1, sample_rate)
+                for p in aus.encode(frame):
+                    out.mux(p)
+            for p in aus.encode():
+                out.mux(p)
+    return path
+
+
+def write_annotation(path: Path, rows: list[tuple[float, float]] | np.ndarray, header: str = "valence,arousal") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = "\n".join(f"{v},{a}" for v, a in rows)
+    path.write_text(f"{header}\n{body}\n")
+    return path
+
+
+@pytest.fixture
+def shared_videos() -> Path:
+    if not SHARED_VIDEOS.is_dir():
+        pytest.skip(f"real test videos not found at {SHARED_VIDEOS}")
+    return SHARED_VIDEOS

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from conftest import write_video
+from vafusion.errors import MediaError
+from vafusion.io.video import frame_times, iter_frames, probe, read_audio
+
+
+def test_frames_come_in_order_with_container_times(tmp_path):
+    p = write_video(tmp_path / "a.mp4", 20, fps=25)
+    info = probe(p, count_frames=True)
+    assert info.n_frames == 20 and info.fps == pytest.approx(25.0) and info.has_audio
+    frames = list(iter_frames(p))
+    assert [f.index for f in frames] == list(range(20))
+    assert np.allclose([f.time for f in frames], frame_times(20, 25.0), atol=1e-6)
+    # frame i shows brightness 7*i: decoded frames are in presentation order
+    means = [f.image.mean() for f in frames]
+    assert np.allclose(means, [7 * i for i in range(20)], atol=3)
+
+
+def test_frame_times_convention():
+    t = frame_times(4, 30.0)
+    assert t.tolist() == pytest.approx([0, 1 / 30, 2 / 30, 3 / 30])
+
+
+def test_read_audio_mono_resampled_and_none_without_track(tmp_path):
+    p = write_video(tmp_path / "a.mp4", 30, fps=30, sample_rate=44100)
+    wave, sr = read_audio(p, 16000)
+    assert sr == 16000 and wave.dtype == np.float32 and wave.ndim == 1
+    assert abs(len(wave) / sr - 1.0) < 0.1
+    native = read_audio(p, None)
+    assert native[1] == 44100
+    q = write_video(tmp_path / "b.mp4", 10, audio=False)
+    assert read_audio(q) is None
+    assert not probe(q).has_audio
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a video at all" * 10, bytes(range(256)) * 40])
+def test_garbage_files_raise_media_error_naming_the_file(tmp_path, content):
+    p = tmp_path / "broken.mp4"
+    p.write_bytes(content)
+    with pytest.raises(MediaError) as err:
+        probe(p)
+    assert "broken.mp4" in str(err.value)
+
+
+def test_real_videos_decode_with_rotation_applied(shared_videos):
+    info = probe(shared_videos / "s29.mp4")
+    assert (info.width, info.height) == (720, 1364)
+    first = next(iter_frames(shared_videos / "s29.mp4"))
+    assert first.image.shape == (1364, 720, 3)
