@@ -108,7 +108,8 @@ class VGGishExtractor(_Base):
         """Waveform + frame times (T,) -> (T, 128), valid (T,)."""
         from vafusion.features.vggish import vggish_frame_examples
 
-        examples, valid = vggish_frame_examples(wave, sr, times)
+        examples, _ = vggish_frame_examples(wave, sr, times)
+        valid = centre_in_audio(wave, sr, times)
         out = [self.net(torch.from_numpy(examples[i:i + self.batch])).float().numpy()
                for i in range(0, len(examples), self.batch)]
         return (np.concatenate(out) if out else np.zeros((0, 128), np.float32)), valid
@@ -155,7 +156,8 @@ class LogMelExtractor(_Base):
 
         feats, valids = [], []
         for i in range(0, len(times), self.chunk):
-            patches, valid = vggish_frame_examples(wave, sr, times[i:i + self.chunk])
+            patches, _ = vggish_frame_examples(wave, sr, times[i:i + self.chunk])
+            valid = centre_in_audio(wave, sr, times[i:i + self.chunk])
             if self.net is None:
                 feats.append(np.concatenate([patches.mean(1), patches.std(1)], axis=1).astype(np.float32))
             else:
@@ -165,6 +167,14 @@ class LogMelExtractor(_Base):
         if not feats:
             return np.zeros((0, 128), np.float32), np.zeros(0, bool)
         return np.concatenate(feats), np.concatenate(valids)
+
+
+def centre_in_audio(wave: np.ndarray, sr: int, times: np.ndarray) -> np.ndarray:
+    """A frame has audio when its time lies inside the track; windows reaching past an end are zero-padded.
+
+    Marking only fully-covered windows valid would drop the first and last 0.48 s of every video.
+    """
+    return (times >= 0) & (times <= len(wave) / sr)
 
 
 def resolve_streams(cfg: FeaturesConfig) -> tuple[dict[str, str], list[str]]:

@@ -46,6 +46,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*number of training batches.*")
     warnings.filterwarnings("ignore", ".*LitLogger.*")
     warnings.filterwarnings("ignore", ".*litlogger.*")
+    warnings.filterwarnings("ignore", ".*treespec.*")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
