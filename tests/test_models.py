@@ -91,3 +91,14 @@ def test_gradients_reach_every_branch():
     for name in ("visual", "vggish", "logmel"):
         g = net.branches[name].tcn.tcns[0].blocks[0].net[0].parametrizations.weight.original1.grad
         assert g is not None and g.abs().sum() > 0
+
+
+def test_attention_span_limits_keys_to_nearby_frames():
+    att = CrossModalAttention(4, 4, 4, span=2).eval()
+    q, k = torch.randn(1, 20, 4), torch.randn(1, 20, 4)
+    out = att(q, k)
+    k2 = k.clone()
+    k2[0, 10] += 5.0  # only queries 8..12 can see key 10
+    out2 = att(q, k2)
+    changed = (out - out2).abs().sum(-1)[0] > 1e-6
+    assert changed.nonzero().flatten().tolist() == [8, 9, 10, 11, 12]

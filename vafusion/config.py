@@ -44,6 +44,7 @@ class ModelConfig:
     tcn_dropout: float = 0.1
     attn_dim: int = 128
     attn_dropout: float = 0.1
+    attn_span: int = 15
     head_hidden: int = 128
     head_dropout: float = 0.3
 

@@ -55,7 +55,8 @@ PUBLISHED: dict[str, Published] = {
     "vggish": Published(
         "vggish-10086976.pth",
         _TORCHVGGISH_RELEASE + "vggish-10086976.pth",
-        "18 float32 tensors, 72,141,184 values: features.0.weight (64, 1, 3, 3) ... embeddings.4.weight (128, 4096)",
+        "18 float32 tensors, 72,141,184 values: features.0.weight (64, 1, 3, 3) ... "
+        "embeddings.4.weight (128, 4096)",
         "10086976",
     ),
     "vggish_pca": Published(
@@ -157,8 +158,9 @@ def read_weights(path: str | Path, published: str | None = None, allow_numpy: bo
     if problem:
         raise WeightsError(p, problem, f"{get_it} (the file itself, {size} bytes now)")
     if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(p):
-        raise WeightsError(p, f"truncated or corrupt checkpoint (zip archive without its directory, {size} bytes)",
-                           f"{get_it} again")
+        raise WeightsError(
+            p, f"truncated or corrupt checkpoint (zip archive without its directory, {size} bytes)",
+            f"{get_it} again")
     try:
         if allow_numpy:
             with torch.serialization.safe_globals(_numpy_safe_globals()):
@@ -170,19 +172,26 @@ def read_weights(path: str | Path, published: str | None = None, allow_numpy: bo
         if "Unsupported global" in text or "Can only build" in text or "not an allowed global" in text:
             found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"but got (<[^>]+>)", text)
             what = found.group(1) if found else "a Python object"
+            if "numpy" in what and not allow_numpy:
+                pca = PUBLISHED["vggish_pca"].filename
+                raise WeightsError(p, "holds numpy arrays, not tensors, where model weights were expected",
+                                   f"if this is {pca}, pass it as the PCA file; else re-save the arrays as "
+                                   "torch tensors") from None
             raise WeightsError(
                 p,
                 f"holds pickled Python objects ({what}) that need code to load; refused",
-                "re-save only the tensors, e.g. torch.save(model.state_dict(), path), where the file was made",
+                "re-save only the tensors, e.g. torch.save(model.state_dict(), path), where it was made",
             ) from None
-        raise WeightsError(p, f"truncated or corrupt checkpoint ({_first_line(text)})", f"{get_it} again") from None
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError, TypeError) as exc:
-        raise WeightsError(p, f"truncated or corrupt checkpoint ({type(exc).__name__}: {_first_line(str(exc))})",
+        raise WeightsError(p, f"truncated or corrupt checkpoint ({_last_line(text)})",
                            f"{get_it} again") from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, KeyError, TypeError) as exc:
+        detail = f"{type(exc).__name__}: {_last_line(str(exc))}"
+        raise WeightsError(p, f"truncated or corrupt checkpoint ({detail})", f"{get_it} again") from None
     return _unwrap(p, obj, get_it)
 
 
-def _first_line(text: str) -> str:
+def _last_line(text: str) -> str:
+    """The informative last line of an exception text (torch puts the cause there), shortened."""
     line = text.strip().splitlines()[-1] if text.strip() else "no detail"
     return line[:160]
 
@@ -196,7 +205,7 @@ def _read_safetensors(p: Path, get_it: str) -> dict[str, Any]:
     try:
         return dict(load_file(str(p), device="cpu"))
     except Exception as exc:  # safetensors raises its own SafetensorError for bad headers/lengths
-        raise WeightsError(p, f"truncated or corrupt safetensors file ({_first_line(str(exc))})",
+        raise WeightsError(p, f"truncated or corrupt safetensors file ({_last_line(str(exc))})",
                            f"{get_it} again") from None
 
 
@@ -211,10 +220,10 @@ def _unwrap(p: Path, obj: Any, get_it: str) -> dict[str, Any]:
     if not isinstance(obj, Mapping) or not obj:
         kind = type(obj).__name__ if not isinstance(obj, Mapping) else "an empty mapping"
         raise WeightsError(p, f"holds {kind}, not a state dict of tensors", f"{get_it}")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, (torch.Tensor, np.ndarray))]
+    bad = [str(k) for k, v in obj.items()
+           if not isinstance(k, str) or not isinstance(v, (torch.Tensor, np.ndarray))]
     if bad:
-        raise WeightsError(p, f"{len(bad)} entries are not tensors (first: {', '.join(map(str, bad[:_SHOW]))})",
-                           f"{get_it}")
+        raise WeightsError(p, f"{len(bad)} entries are not tensors (first: {', '.join(bad[:_SHOW])})", get_it)
     return dict(obj)
 
 
@@ -318,12 +327,13 @@ def load_vggish_pca(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     if missing:
         looks = guess_architecture(state)
         hint = f"; the file looks like {looks} weights" if looks else ""
-        raise WeightsError(p, f"not the VGGish PCA file: missing {', '.join(missing)}{hint}", f"pass {pub.where()}")
+        raise WeightsError(p, f"not the VGGish PCA file: missing {', '.join(missing)}{hint}",
+                           f"pass {pub.where()}")
     eigen = torch.as_tensor(np.asarray(state["pca_eigen_vectors"]), dtype=torch.float32)
     means = torch.as_tensor(np.asarray(state["pca_means"]), dtype=torch.float32)
     if _shape(eigen) != (EMBEDDING_SIZE, EMBEDDING_SIZE) or means.numel() != EMBEDDING_SIZE:
-        raise WeightsError(p, f"PCA shapes {_shape(eigen)} and {_shape(means)}, expected (128, 128) and (128,)",
-                           f"pass {pub.where()}")
+        raise WeightsError(p, f"PCA shapes {_shape(eigen)} and {_shape(means)}, "
+                           "expected (128, 128) and (128,)", f"pass {pub.where()}")
     return eigen, means.reshape(EMBEDDING_SIZE)
 
 

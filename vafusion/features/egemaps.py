@@ -93,7 +93,8 @@ class EgemapsExtractor:
         centres = starts + np.median(ends - starts) / 2.0
         return values[keep], centres[keep]
 
-    def __call__(self, waveform: np.ndarray, sample_rate: int, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, waveform: np.ndarray, sample_rate: int,
+                 times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """LLDs at ``times``: features ``(T, 25)`` float32 and ``valid`` ``(T,)`` bool (see module doc)."""
         times = np.asarray(times, dtype=np.float64)
         if times.ndim != 1 or not np.isfinite(times).all():
@@ -113,7 +114,8 @@ class EgemapsExtractor:
         mean = (csum[hi] - csum[lo]) / np.maximum(count, 1)[:, None]
         empty = count == 0
         if empty.any():
-            mean[empty] = np.stack([np.interp(t[empty], centres, values[:, j]) for j in range(self.dim)], axis=1)
+            mean[empty] = np.stack([np.interp(t[empty], centres, values[:, j]) for j in range(self.dim)],
+                                   axis=1)
         feats[valid] = mean
         return feats, valid
 
@@ -121,7 +123,8 @@ class EgemapsExtractor:
 def _check_waveform(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     waveform = np.asarray(waveform)
     if waveform.ndim != 1:
-        raise ValueError(f"waveform must be mono (1-D), got shape {waveform.shape}; average the channels first")
+        raise ValueError(f"waveform must be mono (1-D), got shape {waveform.shape}; "
+                         "average the channels first")
     if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
         raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
     waveform = waveform.astype(np.float32, copy=False)

@@ -10,6 +10,7 @@ extractor fills each role, using the offline stand-ins when published weights we
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -92,7 +93,36 @@ class LandmarksExtractor(_Base):
         return self.impl(crops)
 
 
-class VGGishExtractor(_Base):
+class _CentredPatchExtractor(_Base, abc.ABC):
+    """Audio extractors that encode the 0.96 s log-mel patch centred at each frame time.
+
+    The spectrogram is computed once per file and patches are encoded in chunks, so memory stays
+    bounded for hour-long videos.
+    """
+
+    chunk = 512
+
+    @abc.abstractmethod
+    def encode_patches(self, patches: np.ndarray) -> np.ndarray:
+        """(n, 96, 64) -> (n, dim)."""
+
+    @torch.inference_mode()
+    def at_times(self, wave: np.ndarray, sr: int, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Waveform + frame times (T,) -> (T, dim), valid (T,)."""
+        from vafusion.features.vggish import CentredExamples
+
+        examples = CentredExamples(wave, sr)
+        feats = [self.encode_patches(examples(times[i:i + self.chunk])[0]) for i in range(0, len(times), self.chunk)]
+        out = np.concatenate(feats) if feats else np.zeros((0, self.dim), np.float32)
+        return out.astype(np.float32), centre_in_audio(wave, sr, times)
+
+
+def _run_net(net: torch.nn.Module, patches: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([net(torch.from_numpy(patches[j:j + batch])).float().numpy()
+                           for j in range(0, len(patches), batch)])
+
+
+class VGGishExtractor(_CentredPatchExtractor):
     """VGGish embeddings (paper eq. 2) of 0.96 s examples centred at each frame time."""
 
     def __init__(self, weights: str, pca: str | None = None, batch: int = 64) -> None:
@@ -103,16 +133,8 @@ class VGGishExtractor(_Base):
         self.net = load_vggish(weights, pca=pca).eval()
         self.batch = batch
 
-    @torch.inference_mode()
-    def at_times(self, wave: np.ndarray, sr: int, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Waveform + frame times (T,) -> (T, 128), valid (T,)."""
-        from vafusion.features.vggish import vggish_frame_examples
-
-        examples, _ = vggish_frame_examples(wave, sr, times)
-        valid = centre_in_audio(wave, sr, times)
-        out = [self.net(torch.from_numpy(examples[i:i + self.batch])).float().numpy()
-               for i in range(0, len(examples), self.batch)]
-        return (np.concatenate(out) if out else np.zeros((0, 128), np.float32)), valid
+    def encode_patches(self, patches: np.ndarray) -> np.ndarray:
+        return _run_net(self.net, patches, self.batch)
 
 
 class EGeMAPSExtractor(_Base):
@@ -129,14 +151,12 @@ class EGeMAPSExtractor(_Base):
         return self.impl.egemaps_at(wave, sr, times)
 
 
-class LogMelExtractor(_Base):
+class LogMelExtractor(_CentredPatchExtractor):
     """Paper eq. 3-4: the log-mel patch centred at each frame, encoded by a VGG-style network.
 
     With ``weights`` the patch goes through the VGG encoder (128-d). Without, the stand-in encoder is the
     per-band mean and standard deviation over the 0.96 s patch (64 + 64 = 128-d): same width, no weights.
     """
-
-    chunk = 512
 
     def __init__(self, weights: str | None = None, batch: int = 64) -> None:
         encoder = "vgg" if weights else "stats"
@@ -149,24 +169,10 @@ class LogMelExtractor(_Base):
             self.net = load_vgg_logmel(weights).eval()
         self.batch = batch
 
-    @torch.inference_mode()
-    def at_times(self, wave: np.ndarray, sr: int, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Waveform + frame times (T,) -> (T, 128), valid (T,)."""
-        from vafusion.features.vggish import vggish_frame_examples
-
-        feats, valids = [], []
-        for i in range(0, len(times), self.chunk):
-            patches, _ = vggish_frame_examples(wave, sr, times[i:i + self.chunk])
-            valid = centre_in_audio(wave, sr, times[i:i + self.chunk])
-            if self.net is None:
-                feats.append(np.concatenate([patches.mean(1), patches.std(1)], axis=1).astype(np.float32))
-            else:
-                feats.append(np.concatenate([self.net(torch.from_numpy(patches[j:j + self.batch])).float().numpy()
-                                             for j in range(0, len(patches), self.batch)]))
-            valids.append(valid)
-        if not feats:
-            return np.zeros((0, 128), np.float32), np.zeros(0, bool)
-        return np.concatenate(feats), np.concatenate(valids)
+    def encode_patches(self, patches: np.ndarray) -> np.ndarray:
+        if self.net is None:
+            return np.concatenate([patches.mean(1), patches.std(1)], axis=1)
+        return _run_net(self.net, patches, self.batch)
 
 
 def centre_in_audio(wave: np.ndarray, sr: int, times: np.ndarray) -> np.ndarray:

@@ -42,7 +42,8 @@ class IBasicBlock(nn.Module):
     """Pre-activation-style residual block: BN -> 3x3 conv -> BN -> PReLU -> 3x3 conv (stride) -> BN, plus
     the (optionally downsampled) input. The stride sits on the second convolution, as in arcface_torch."""
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1,
+                 downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(inplanes, eps=1e-5)
         self.conv1 = _conv3x3(inplanes, planes)

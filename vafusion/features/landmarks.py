@@ -48,9 +48,8 @@ class LandmarkExtractor:
         """Landmark features for a batch of aligned crops (row i belongs to crop i)."""
         crops = np.asarray(crops)
         if crops.ndim != 4 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3) or crops.dtype != np.uint8:
-            raise ValueError(
-                f"expected crops of shape (N, {CROP_SIZE}, {CROP_SIZE}, 3) uint8, got {crops.shape} {crops.dtype}"
-            )
+            raise ValueError(f"expected crops of shape (N, {CROP_SIZE}, {CROP_SIZE}, 3) uint8, "
+                             f"got {crops.shape} {crops.dtype}")
         out = np.empty((len(crops), self.dim), dtype=np.float32)
         for i, crop in enumerate(crops):
             shape = self._predictor(np.ascontiguousarray(crop), self._rect)

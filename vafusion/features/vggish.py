@@ -16,6 +16,7 @@ All signal arithmetic is float64 (as the numpy reference) and cast to float32 at
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -45,11 +46,17 @@ _KAISER_BEST_ROLLOFF = 0.9173473712608761
 
 _STFT_CHUNK_FRAMES = 4096
 _RESAMPLE_CHUNK = 8192
+_MAX_PHASES = 4096  # polyphase resampling up to this many distinct output phases
 
 
 def to_mono(waveform: np.ndarray) -> np.ndarray:
-    """Float64 mono signal: a 1-D input as is, a 2-D ``(samples, channels)`` input averaged over channels."""
+    """Float64 mono signal: a 1-D input as is, a 2-D ``(samples, channels)`` input averaged over channels.
+
+    Integer PCM is scaled to [-1, 1) first (int16 / 32768, as the reference's WAV reader does).
+    """
     x = np.asarray(waveform)
+    if np.issubdtype(x.dtype, np.integer):
+        x = x / float(2 ** (8 * x.dtype.itemsize - 1))
     if x.ndim == 2:
         x = x.mean(axis=1, dtype=np.float64)
     elif x.ndim != 1:
@@ -69,13 +76,55 @@ def _kaiser_best_half_window() -> np.ndarray:
     return table
 
 
-def resample(waveform: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
-    """Band-limited resampling of a 1-D signal, numerically equal to ``resampy.resample(x, orig_sr, new_sr)``.
+class _Interpolator:
+    """The resampy ``kaiser_best`` interpolation weights for one rate pair.
 
-    Each output sample at input time ``t`` sums the input samples on both sides weighted by the
-    windowed-sinc table, read with linear interpolation between table entries; when downsampling the
-    filter is stretched (cut-off at the new Nyquist) and scaled by ``new_sr / orig_sr``. The output has
-    ``int(len(x) * new_sr / orig_sr)`` samples; sample ``j`` sits at input time ``j * orig_sr / new_sr``.
+    Output sample ``j`` at input time ``t = j * orig_sr / new_sr`` (``n = int(t)``) is
+    ``sum_i w_left[i] x[n - i] + sum_k w_right[k] x[n + 1 + k]``, the weights read from the windowed-sinc
+    table with linear interpolation between entries; when downsampling the filter is stretched (cut-off at
+    the new Nyquist) and scaled by ``new_sr / orig_sr``.
+    """
+
+    def __init__(self, orig_sr: int, new_sr: int) -> None:
+        self.ratio = float(new_sr) / orig_sr
+        table = _kaiser_best_half_window()
+        if self.ratio < 1:
+            table = self.ratio * table
+        delta = np.diff(table, append=table[-1])
+        n_table = table.shape[0]
+        self.scale = min(1.0, self.ratio)
+        self.step = int(self.scale * _KAISER_BEST_PRECISION)
+        # The reference uses only taps whose table index is at most n_table - step; zeroing the entries
+        # above (and padding) lets every output use the same number of taps.
+        self.taps = n_table // self.step + 1
+        padded_len = (self.taps + 1) * self.step + _KAISER_BEST_PRECISION + 1
+        usable = n_table - self.step + 1
+        self.table = np.zeros(padded_len)
+        self.delta = np.zeros(padded_len)
+        self.table[:usable] = table[:usable]
+        self.delta[:usable] = delta[:usable]
+        self.tap_idx = np.arange(self.taps) * self.step
+
+    def weights(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Input times ``(B,)`` -> ``n (B,)`` int64 and weights ``(B, 2 taps)`` applying to samples
+        ``x[n - taps + 1 .. n + taps]``."""
+        n = t.astype(np.int64)
+        frac = self.scale * (t - n)
+        halves = []
+        for pos in (frac * _KAISER_BEST_PRECISION, (self.scale - frac) * _KAISER_BEST_PRECISION):
+            off = pos.astype(np.int64)
+            idx = off[:, None] + self.tap_idx[None, :]
+            halves.append(self.table[idx] + (pos - off)[:, None] * self.delta[idx])
+        return n, np.concatenate([halves[0][:, ::-1], halves[1]], axis=1)
+
+
+def resample(waveform: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
+    """Band-limited resampling of a 1-D signal, numerically equal to ``resampy.resample(x, orig_sr, new_sr)``
+    (default ``kaiser_best`` filter, resampy 0.4.x) to about 1e-12.
+
+    The output has ``int(len(x) * new_sr / orig_sr)`` samples; sample ``j`` sits at input time
+    ``j * orig_sr / new_sr``. For integer rates whose reduced ratio has at most 4096 output phases (every
+    common audio rate to 16 kHz) the weights are computed once per phase (polyphase); otherwise per sample.
 
     Args:
         waveform: ``(samples,)`` signal.
@@ -92,52 +141,30 @@ def resample(waveform: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
         raise ValueError(f"resample expects a 1-D signal, got shape {x.shape}")
     if orig_sr == new_sr:
         return x.copy()
-    ratio = float(new_sr) / orig_sr
     n_out = int(x.shape[0] * float(new_sr) / float(orig_sr))
     if n_out < 1:
         return np.zeros(0, dtype=np.float64)
-
-    table = _kaiser_best_half_window()
-    if ratio < 1:
-        table = ratio * table
-    delta = np.diff(table, append=table[-1])
-    n_table = table.shape[0]
-    scale = min(1.0, ratio)
-    step = int(scale * _KAISER_BEST_PRECISION)
-    # A tap whose table index is above n_table - step is not used (the reference's loop bound); zeroing
-    # those entries (and padding) lets every output use the same number of taps.
-    taps = n_table // step + 1
-    padded_len = (taps + 1) * step + _KAISER_BEST_PRECISION + 1
-    table_p = np.zeros(padded_len)
-    delta_p = np.zeros(padded_len)
-    usable = n_table - step + 1
-    table_p[:usable] = table[:usable]
-    delta_p[:usable] = delta[:usable]
-
-    x_pad = np.concatenate([np.zeros(taps), x, np.zeros(taps)])
-    windows = np.lib.stride_tricks.sliding_window_view(x_pad, 2 * taps)
-    tap_idx = np.arange(taps) * step
+    interp = _Interpolator(orig_sr, new_sr)
+    taps = interp.taps
+    # windows[n + 1] is x[n - taps + 1 .. n + taps] (zeros outside the signal)
+    windows = np.lib.stride_tricks.sliding_window_view(np.concatenate([np.zeros(taps), x, np.zeros(taps)]),
+                                                       2 * taps)
     out = np.empty(n_out, dtype=np.float64)
-    t_all = np.arange(n_out) * (1.0 / ratio)
+    increment = 1.0 / interp.ratio
+    rational = float(orig_sr).is_integer() and float(new_sr).is_integer()
+    g = math.gcd(int(orig_sr), int(new_sr)) if rational else 1
+    phases, hop_in = int(new_sr) // g, int(orig_sr) // g
+    if rational and phases <= _MAX_PHASES:
+        # Output j = q * phases + r sits at input time q * hop_in + t_r: same weights for every q.
+        n_r, w_r = interp.weights(np.arange(min(phases, n_out)) * increment)
+        for r in range(n_r.shape[0]):
+            rows = windows[n_r[r] + 1::hop_in][: len(range(r, n_out, phases))]
+            out[r::phases] = np.einsum("qk,k->q", rows, w_r[r])
+        return out
+    t_all = np.arange(n_out) * increment
     for start in range(0, n_out, _RESAMPLE_CHUNK):
-        t = t_all[start:start + _RESAMPLE_CHUNK]
-        n = t.astype(np.int64)
-        frac = scale * (t - n)
-        left_pos = frac * _KAISER_BEST_PRECISION
-        left_off = left_pos.astype(np.int64)
-        left_eta = left_pos - left_off
-        right_pos = (scale - frac) * _KAISER_BEST_PRECISION
-        right_off = right_pos.astype(np.int64)
-        right_eta = right_pos - right_off
-        li = left_off[:, None] + tap_idx[None, :]
-        ri = right_off[:, None] + tap_idx[None, :]
-        w_left = table_p[li] + left_eta[:, None] * delta_p[li]  # weight of x[n - i]
-        w_right = table_p[ri] + right_eta[:, None] * delta_p[ri]  # weight of x[n + 1 + k]
-        # windows[n + 1] covers x[n - taps + 1 .. n + taps] of the unpadded signal.
-        seg = windows[n + 1]
-        out[start:start + t.shape[0]] = np.einsum("bk,bk->b", w_left[:, ::-1], seg[:, :taps]) + np.einsum(
-            "bk,bk->b", w_right, seg[:, taps:]
-        )
+        n, w = interp.weights(t_all[start:start + _RESAMPLE_CHUNK])
+        out[start:start + n.shape[0]] = np.einsum("bk,bk->b", w, windows[n + 1])
     return out
 
 
@@ -237,13 +264,46 @@ def example_start_frames(times: np.ndarray) -> np.ndarray:
     return np.floor((t * SAMPLE_RATE - centre_offset / 2.0) / HOP_LENGTH + 0.5).astype(np.int64)
 
 
+class CentredExamples:
+    """The whole file's log-mel spectrogram, computed once, sliced into 0.96 s examples centred at any times.
+
+    Build it once per audio track and call it for as many chunks of frame times as needed: the resampling
+    and STFT are not repeated. Audio outside the file counts as digital silence (zeros): the signal is
+    zero-padded by 96 hops on each side and frames beyond the padding are filled with ``log(0.01)``, the
+    log-mel of silence.
+    """
+
+    def __init__(self, waveform: np.ndarray, sample_rate: int) -> None:
+        signal = _to_16k(waveform, sample_rate)
+        self.n_samples = int(signal.shape[0])
+        pad = EXAMPLE_FRAMES * HOP_LENGTH  # whole hops, so padded frame j is frame j - 96 of the file
+        padded = np.concatenate([np.zeros(pad), signal, np.zeros(pad + WINDOW_LENGTH)])
+        self.log_mel = _log_mel_16k(padded).astype(np.float32)  # (frames + 192, 64)
+
+    def valid(self, times: np.ndarray) -> np.ndarray:
+        """``(T,)`` bool: the example centred at each time lies wholly inside the audio."""
+        starts = example_start_frames(np.asarray(times, dtype=np.float64))
+        span = (EXAMPLE_FRAMES - 1) * HOP_LENGTH + WINDOW_LENGTH
+        return (starts >= 0) & (starts * HOP_LENGTH + span <= self.n_samples)
+
+    def __call__(self, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frame times ``(T,)`` s -> examples ``(T, 96, 64)`` float32 and :meth:`valid` ``(T,)`` bool."""
+        t = np.asarray(times, dtype=np.float64)
+        if t.ndim != 1:
+            raise ValueError(f"times must be 1-D (T,), got shape {t.shape}")
+        if not np.all(np.isfinite(t)):
+            raise ValueError("times must be finite")
+        rows = example_start_frames(t)[:, None] + EXAMPLE_FRAMES + np.arange(EXAMPLE_FRAMES)[None, :]
+        inside = (rows >= 0) & (rows < self.log_mel.shape[0])
+        examples = self.log_mel[np.clip(rows, 0, self.log_mel.shape[0] - 1)]
+        examples[~inside] = SILENCE_LOG_MEL
+        return examples, self.valid(t)
+
+
 def vggish_frame_examples(
     waveform: np.ndarray, sample_rate: int, times: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One 0.96 s VGGish example centred at each video frame time.
-
-    The log-mel spectrogram of the whole (zero-padded) file is computed once and sliced, so neighbouring
-    examples share frames exactly. Audio outside the file counts as digital silence (zeros).
+    """One 0.96 s VGGish example centred at each video frame time (see :class:`CentredExamples`).
 
     Args:
         waveform: ``(samples,)`` or ``(samples, channels)``.
@@ -252,27 +312,10 @@ def vggish_frame_examples(
 
     Returns:
         examples ``(T, 96, 64)`` float32 and valid ``(T,)`` bool, False where the example reaches outside
-        the audio (then its outside part is silence, ``log(0.01)`` in bands with no signal).
+        the audio (its outside part is then silence). For many chunks of one file, build one
+        :class:`CentredExamples` instead of calling this per chunk.
     """
-    t = np.asarray(times, dtype=np.float64)
-    if t.ndim != 1:
-        raise ValueError(f"times must be 1-D (T,), got shape {t.shape}")
-    if not np.all(np.isfinite(t)):
-        raise ValueError("times must be finite")
-    signal = _to_16k(waveform, sample_rate)
-    starts = example_start_frames(t)
-    span = (EXAMPLE_FRAMES - 1) * HOP_LENGTH + WINDOW_LENGTH
-    valid = (starts >= 0) & (starts * HOP_LENGTH + span <= signal.shape[0])
-    # Pad by EXAMPLE_FRAMES whole hops on the left so padded frame j is original frame j - 96; any frame
-    # outside the padded spectrogram lies wholly in silence.
-    pad = EXAMPLE_FRAMES * HOP_LENGTH
-    padded = np.concatenate([np.zeros(pad), signal, np.zeros(pad + WINDOW_LENGTH)])
-    log_mel = _log_mel_16k(padded).astype(np.float32)
-    rows = starts[:, None] + EXAMPLE_FRAMES + np.arange(EXAMPLE_FRAMES)[None, :]
-    inside = (rows >= 0) & (rows < log_mel.shape[0])
-    examples = log_mel[np.clip(rows, 0, log_mel.shape[0] - 1)]  # the padded signal always has frames
-    examples[~inside] = SILENCE_LOG_MEL
-    return examples, valid
+    return CentredExamples(waveform, sample_rate)(times)
 
 
 def _vgg_features() -> nn.Sequential:
@@ -343,7 +386,7 @@ class VGGish(nn.Module):
         """AudioSet release post-processing ``(N, 128) -> (N, 128)``: PCA (with whitening), clip to
         [-2, 2], quantise to 8 bits; values are the integers 0..255 as float."""
         if self.pca_eigen_vectors is None or self.pca_means is None:
-            raise RuntimeError("no PCA parameters: load them with vafusion.weights.load_vggish(..., pca=path)")
+            raise RuntimeError("no PCA parameters: use vafusion.weights.load_vggish(..., pca=path)")
         if embeddings.dim() != 2 or embeddings.shape[1] != EMBEDDING_SIZE:
             raise ValueError(f"postprocess expects (N, 128), got {tuple(embeddings.shape)}")
         projected = (embeddings - self.pca_means) @ self.pca_eigen_vectors.T

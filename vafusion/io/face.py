@@ -184,7 +184,7 @@ def shape_to_array(shape: dlib.full_object_detection) -> np.ndarray:
 
 
 def _to_rect(box: Box) -> dlib.rectangle:
-    return dlib.rectangle(int(round(box.left)), int(round(box.top)), int(round(box.right)), int(round(box.bottom)))
+    return dlib.rectangle(*(int(round(v)) for v in box))
 
 
 def _iou(a: Box, b: Box) -> float:
@@ -198,7 +198,8 @@ class FaceAligner:
 
     Args:
         detector: ``"hog"`` (dlib frontal face detector, fast) or ``"cnn"`` (dlib MMOD CNN, more robust
-            to pose, about 100x slower on CPU: ~2 s at 640 px; its boxes are tighter than HOG's).
+            to pose, about 100x slower on CPU: ~2 s at 640 px). Its boxes are tighter than HOG's; the
+            alignment does not depend on that (the 5-point model places the start box).
         detect_size: the detector sees the frame shrunk so its longer side is at most this many pixels
             (``None``: full size). 640 keeps a 720p frame at ~20 ms with HOG.
         upsample: dlib's upsampling count for the detector; raise it to find faces under ~80 px (at the
@@ -226,8 +227,8 @@ class FaceAligner:
             image = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         found = self._detector(image, self.upsample)
         rects = [d.rect for d in found] if self.detector_name == "cnn" else list(found)
-        return [Box(r.left() / scale, r.top() / scale, (r.right() + 1) / scale - 1, (r.bottom() + 1) / scale - 1)
-                for r in rects]
+        return [Box(r.left() / scale, r.top() / scale, (r.right() + 1) / scale - 1,
+                    (r.bottom() + 1) / scale - 1) for r in rects]
 
     def start_box(self, frame: np.ndarray, box: Box) -> Box:
         """The 68-point model's start box: ``CROP_FACE_BOX`` placed by the 5-point eye centres in ``box``."""
@@ -236,7 +237,8 @@ class FaceAligner:
         matrix = similarity_transform(eyes, ARCFACE_TEMPLATE[:2])
         scale = float(np.hypot(*matrix[:, 0]))
         left, top, right, bottom = CROP_FACE_BOX
-        centre = np.linalg.solve(matrix[:, :2], np.array([(left + right) / 2, (top + bottom) / 2]) - matrix[:, 2])
+        crop_centre = np.array([(left + right) / 2, (top + bottom) / 2])
+        centre = np.linalg.solve(matrix[:, :2], crop_centre - matrix[:, 2])
         half = np.array([right - left, bottom - top]) / (2 * scale)
         return Box(*(centre - half), *(centre + half))
 

@@ -33,6 +33,7 @@ class FusionConfig:
     tcn_dropout: float = 0.1
     attn_dim: int = 128
     attn_dropout: float = 0.1
+    attn_span: int = 0
     head_hidden: int = 128
     head_dropout: float = 0.3
     outputs: int = 2
@@ -71,7 +72,8 @@ class FusionNet(nn.Module):
         self.branches = nn.ModuleDict({b.name: Branch(b, cfg) for b in cfg.branches})
         q_dim = self.branches[self.names[0]].out_dim
         self.attn = nn.ModuleDict({
-            name: CrossModalAttention(q_dim, self.branches[name].out_dim, cfg.attn_dim, cfg.attn_dropout)
+            name: CrossModalAttention(q_dim, self.branches[name].out_dim, cfg.attn_dim, cfg.attn_dropout,
+                                      cfg.attn_span)
             for name in self.names[1:]
         })
         d = q_dim + cfg.attn_dim * len(self.attn)

@@ -25,7 +25,7 @@ def net_config(cfg: Config, roles: list[str], dims: dict[str, int]) -> FusionCon
     m = cfg.model
     return FusionConfig(tcn_channels=m.tcn_channels, kernel_sizes=tuple(m.kernel_sizes), dilations=tuple(m.dilations),
                         tcn_dropout=m.tcn_dropout, attn_dim=m.attn_dim, attn_dropout=m.attn_dropout,
-                        head_hidden=m.head_hidden, head_dropout=m.head_dropout,
+                        attn_span=m.attn_span, head_hidden=m.head_hidden, head_dropout=m.head_dropout,
                         branches=[BranchSpec(r, dims[r]) for r in roles])
 
 
@@ -108,6 +108,7 @@ def save_model(path: Path, net: FusionNet, norm: Normaliser, streams: dict[str, 
         "format": CHECKPOINT_FORMAT,
         "net": {"tcn_channels": fc.tcn_channels, "kernel_sizes": list(fc.kernel_sizes), "dilations": list(fc.dilations),
                 "tcn_dropout": fc.tcn_dropout, "attn_dim": fc.attn_dim, "attn_dropout": fc.attn_dropout,
+                "attn_span": fc.attn_span,
                 "head_hidden": fc.head_hidden, "head_dropout": fc.head_dropout, "outputs": fc.outputs,
                 "branches": [[b.name, b.dim] for b in fc.branches]},
         "streams": {r: streams[r] for r in net.names},
@@ -137,7 +138,7 @@ def load_model(path: str | Path) -> tuple[FusionNet, Normaliser, dict[str, str],
     n = payload["net"]
     fc = FusionConfig(tcn_channels=n["tcn_channels"], kernel_sizes=tuple(n["kernel_sizes"]),
                       dilations=tuple(n["dilations"]), tcn_dropout=n["tcn_dropout"], attn_dim=n["attn_dim"],
-                      attn_dropout=n["attn_dropout"], head_hidden=n["head_hidden"], head_dropout=n["head_dropout"],
+                      attn_dropout=n["attn_dropout"], attn_span=n.get("attn_span", 0), head_hidden=n["head_hidden"], head_dropout=n["head_dropout"],
                       outputs=n["outputs"], branches=[BranchSpec(a, int(b)) for a, b in n["branches"]])
     net = FusionNet(fc)
     result = net.load_state_dict(payload["state_dict"], strict=False)
