@@ -6,6 +6,7 @@ traceback. Every command accepts ``--config FILE`` and ``--set key=value`` for e
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 import traceback
@@ -14,6 +15,9 @@ from pathlib import Path
 from vafusion.errors import VafusionError
 
 EPILOG = "Configuration keys: `vafusion config --show` prints every key with its default."
+
+# Modules that add more subcommands; each has ``add_parser(sub)`` and may reuse this module's helpers.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -263,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="(default) print the configuration")
     _add_common(p)
     p.set_defaults(func=cmd_config)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

@@ -38,7 +38,7 @@ class FeaturesConfig:
 class ModelConfig:
     """Network widths (paper: silent). Defaults sized for Aff-Wild2-scale data; see docs/model.md."""
 
-    tcn_channels: int = 64
+    tcn_channels: int = 32
     kernel_sizes: list[int] = field(default_factory=lambda: [3, 5, 7])
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     tcn_dropout: float = 0.1

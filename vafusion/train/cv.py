@@ -29,7 +29,8 @@ from vafusion.inference import sliding_predict
 from vafusion.io.atomic import atomic_path, write_json, write_text
 from vafusion.metrics import ccc
 from vafusion.train.data import Sequence, load_sequence
-from vafusion.train.fit import fit, load_model, save_model
+from vafusion.train.fit import fit, save_model
+from vafusion.weights import load_model
 
 SINGLE = ("visual", "vggish", "logmel")
 MODELS = ("fusion",) + SINGLE

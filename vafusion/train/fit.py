@@ -120,29 +120,3 @@ def save_model(path: Path, net: FusionNet, norm: Normaliser, streams: dict[str, 
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
-
-def load_model(path: str | Path) -> tuple[FusionNet, Normaliser, dict[str, str], dict]:
-    """Rebuild a model saved by ``save_model``: (net in eval mode, normaliser, role -> extractor, payload)."""
-    from vafusion.errors import WeightsError
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(path, "model checkpoint not found", "train one with `vafusion cv` (RUN/models/...)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise WeightsError(path, f"not a readable vafusion checkpoint ({exc.__class__.__name__})",
-                           "pass a fold<k>.pt file written by `vafusion cv`") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise WeightsError(path, "not a vafusion model checkpoint", "pass a fold<k>.pt file written by `vafusion cv`")
-    n = payload["net"]
-    fc = FusionConfig(tcn_channels=n["tcn_channels"], kernel_sizes=tuple(n["kernel_sizes"]),
-                      dilations=tuple(n["dilations"]), tcn_dropout=n["tcn_dropout"], attn_dim=n["attn_dim"],
-                      attn_dropout=n["attn_dropout"], attn_span=n.get("attn_span", 0), head_hidden=n["head_hidden"], head_dropout=n["head_dropout"],
-                      outputs=n["outputs"], branches=[BranchSpec(a, int(b)) for a, b in n["branches"]])
-    net = FusionNet(fc)
-    result = net.load_state_dict(payload["state_dict"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise WeightsError(path, f"checkpoint does not match its network: missing {result.missing_keys[:3]}, "
-                                 f"unexpected {result.unexpected_keys[:3]}", "retrain with `vafusion cv`")
-    return net.eval(), Normaliser.from_state(payload["norm"]), dict(payload["streams"]), payload
