@@ -5,6 +5,8 @@ import pandas as pd
 import pytest
 
 from vafusion.cli import main
+from vafusion.data.affwild2 import crop_index
+from vafusion.features.store import read_features
 
 FAST = ["--set", "model.tcn_channels=8", "--set", "model.attn_dim=8", "--set", "model.head_hidden=8",
         "--set", "train.max_epochs=2", "--set", "train.window=40", "--set", "train.hop=20",
@@ -26,6 +28,17 @@ def test_extract_then_cv_writes_the_run_directory(corpus, capsys):
         assert sorted(p.stem for p in (feats / ext).glob("*.npz")) == names
     summary = json.loads((feats / "extract_summary.json").read_text())
     assert summary["failed"] == []
+    # row i of a feature file is frame i: a face row is valid exactly where crop i exists
+    for name in names:
+        ff = read_features(feats / "landmarks" / f"{name}.npz")
+        crops = crop_index(data / "cropped_aligned" / name)
+        assert ff.valid.tolist() == [i in crops for i in range(1, len(ff.valid) + 1)]
+        assert ff.times[1] - ff.times[0] == pytest.approx(1 / ff.meta["fps"])
+    manifest = json.loads((data / "synth_manifest.json").read_text())
+    silent = [v["name"] for v in manifest["videos"] if v["audio_channels"] == 0]
+    assert silent  # the corpus always has a video without audio
+    for name in silent:
+        assert not read_features(feats / "logmel" / f"{name}.npz").valid.any()
     assert (feats / "manifest.parquet").exists()
 
     assert main(["cv", "--data", str(data), "--features", str(feats), "--out", str(run), "--quiet", *FAST]) == 0

@@ -65,8 +65,6 @@ class TrainConfig:
     inner_val_fraction: float = 0.15
     branch_dropout: float = 0.1
     frame_dropout: float = 0.05
-    fusion_init: str = "branches"
-    fusion_lr_scale: float = 0.5
     num_workers: int = 0
     accelerator: str = "auto"
     devices: Any = 1
@@ -74,6 +72,22 @@ class TrainConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     threads: int = 0
+
+
+@dataclass
+class FusionStageConfig:
+    """Stage 3 of the paper's training: the whole fusion model end to end.
+
+    Stage 1 is the front ends (published weights, `vafusion finetune-face`); stage 2 trains each branch's
+    TCN alone (the single-stream models, under ``train``); stage 3 starts from those branches
+    (``init: branches``, or ``scratch``) and trains everything with ``train`` settings except the ones
+    set here.
+    """
+
+    init: str = "branches"
+    lr_scale: float = 0.5
+    max_epochs: int | None = None
+    patience: int | None = None
 
 
 @dataclass
@@ -104,6 +118,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    fusion_stage: FusionStageConfig = field(default_factory=FusionStageConfig)
     cv: CVConfig = field(default_factory=CVConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
 

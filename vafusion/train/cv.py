@@ -13,6 +13,7 @@ A finished (model, fold) is skipped on rerun, so an interrupted ``cv`` continues
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -118,8 +119,16 @@ class CrossValidation:
         t = self.cfg.train
         train_all = self._subset(self.sequences(train_names), roles)
         train, val = inner_split(train_all, t.inner_val_fraction, self.cfg.cv.seed + fold)
-        init, lr_scale = None, 1.0
-        if model == "fusion" and t.fusion_init == "branches":
+        init, lr_scale, cfg = None, 1.0, self.cfg
+        stage = self.cfg.fusion_stage
+        if model == "fusion" and stage.init not in ("branches", "scratch"):
+            raise VafusionError(None, f"fusion_stage.init must be branches or scratch, got {stage.init!r}",
+                                "fix the config")
+        if model == "fusion":
+            cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(
+                t, max_epochs=stage.max_epochs or t.max_epochs, patience=stage.patience or t.patience))
+            lr_scale = stage.lr_scale
+        if model == "fusion" and stage.init == "branches":
             init = {}
             for r in roles:
                 branch_path = self.paths(r, fold)["model"]
@@ -127,10 +136,9 @@ class CrossValidation:
                     self.run_one(r, fold, report=False)
                 net_r, _, _, _ = load_model(branch_path)
                 init.update({k: v for k, v in net_r.state_dict().items() if k.startswith("branches.")})
-            lr_scale = t.fusion_lr_scale
         t0 = time.perf_counter()
         seed = self.cfg.cv.seed * 1000 + fold * 10 + MODELS.index(model)
-        net, norm, facts = fit(train, val, roles, self.cfg, p["work"], seed, init=init, lr_scale=lr_scale,
+        net, norm, facts = fit(train, val, roles, cfg, p["work"], seed, init=init, lr_scale=lr_scale,
                                resume=self.resume, progress=False)
         facts["train_seconds"] = round(time.perf_counter() - t0, 2)
         save_model(p["model"], net, norm, self.streams, self.cfg,
