@@ -17,7 +17,7 @@ from vafusion.errors import VafusionError
 EPILOG = "Configuration keys: `vafusion config --show` prints every key with its default."
 
 # Modules that add more subcommands; each has ``add_parser(sub)`` and may reuse this module's helpers.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("vafusion.cli_finetune", "vafusion.cli_scale", "vafusion.cli_predict")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -52,7 +52,8 @@ def _cfg(args: argparse.Namespace):
     over = list(args.overrides)
     for flag, key in (("iresnet_weights", "features.iresnet_weights"), ("iresnet_arch", "features.iresnet_arch"),
                       ("vggish_weights", "features.vggish_weights"), ("vggish_pca", "features.vggish_pca"),
-                      ("logmel_weights", "features.logmel_weights")):
+                      ("logmel_weights", "features.logmel_weights"), ("devices", "train.devices"),
+                      ("num_nodes", "train.num_nodes"), ("strategy", "train.strategy")):
         val = getattr(args, flag, None)
         if val is not None:
             over.append(f"{key}={val}")
@@ -137,21 +138,50 @@ def run_cv(data: Path, feats: Path, out: Path, cfg, models: str | None, folds_fi
     write_folds(folds, out / "folds.csv")
     cv = CrossValidation(corpus, feats, out, cfg, folds, streams, notes, progress=not quiet, resume=resume)
     results = cv.run_all(chosen, [f for f in cfg.cv.folds if f in set(folds["fold"])])
+    results.attrs["left_out"] = {name: exc.one_line() for name, exc in cv.failed.items()}
     write_results(results, out / "results.csv")
     report = write_report(out, results, notes, streams, extra_report)
     return results, report
+
+
+def _report_left_out(results) -> int:
+    """List the samples a cv run had to leave out on stderr; 1 if there were any, else 0."""
+    left_out = results.attrs.get("left_out", {})
+    if not left_out:
+        return 0
+    print(f"{len(left_out)} samples left out of training and scoring (fix them and rerun; finished "
+          "folds that did not use them are kept):", file=sys.stderr)
+    for reason in left_out.values():
+        print(f"  {reason}", file=sys.stderr)
+    return 1
 
 
 def _print_results(results) -> None:
     print(results[results["fold"] == "mean"].round(4).to_string(index=False))
 
 
+def _rank_zero() -> bool:
+    """False in the extra processes of a multi-device run (Lightning, torchrun and SLURM set these)."""
+    import os
+
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "0").strip() not in ("", "0"):
+            return False
+    return True
+
+
 def cmd_cv(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
-    results, report = run_cv(args.data, args.features, args.out, cfg, args.models, args.folds, args.resume, args.quiet)
-    _print_results(results)
-    print(f"report: {report}")
-    return 0
+    # Under DDP every process runs this same fold loop (each writes the same files atomically); only the
+    # first prints, so the terminal shows one progress bar and one table.
+    lead = _rank_zero()
+    results, report = run_cv(args.data, args.features, args.out, cfg, args.models, args.folds, args.resume,
+                             args.quiet or not lead)
+    if lead:
+        _print_results(results)
+        print(f"report: {report}")
+        return _report_left_out(results)
+    return 1 if results.attrs.get("left_out") else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -189,7 +219,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     write_report(out, results, notes, streams, timing_lines)
     _print_results(results)
     print(f"demo finished in {timings['total']:.1f} s — report: {report}")
-    return 0
+    return _report_left_out(results)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -243,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of iresnet,landmarks,vggish,egemaps,logmel (default: the three streams the "
                         "config resolves, using offline stand-ins where weights are missing)")
     p.add_argument("--shard", default=None, metavar="I/N",
-                   help="process only the I-th of N deterministic parts of the videos (for parallel jobs)")
+                   help="process only the I-th of N deterministic parts of the videos (for parallel jobs sharing "
+                        "FEATS; each writes its own manifest part: run `vafusion merge-features` after the last)")
     _add_weights(p)
     _add_common(p)
     p.set_defaults(func=cmd_extract)
@@ -258,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default=None, help="comma list of fusion,visual,vggish,logmel (default: all four)")
     p.add_argument("--folds", type=Path, default=None, metavar="FILE", help="reuse a fold assignment (folds.csv)")
     p.add_argument("--resume", action="store_true", help="continue interrupted training from its last checkpoint")
+    g = p.add_argument_group("devices (Lightning; see docs/scaling.md for multi-GPU and SLURM launches)")
+    g.add_argument("--devices", default=None,
+                   help="devices per node: a count (2), a list (0,1) or auto (train.devices, default 1)")
+    g.add_argument("--num-nodes", type=int, default=None, help="number of nodes (train.num_nodes, default 1)")
+    g.add_argument("--strategy", default=None,
+                   help="Lightning strategy, e.g. ddp for several devices or nodes (train.strategy, default auto); "
+                        "on CPU set --set train.accelerator=cpu")
     _add_weights(p)
     _add_common(p)
     p.set_defaults(func=cmd_cv)
@@ -285,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vafusion: error: {exc.one_line()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("vafusion: interrupted; rerun the same command to continue (finished work is kept)", file=sys.stderr)
+        hint = " with --resume" if getattr(args, "resume", None) is False else ""
+        print(f"vafusion: interrupted; rerun the same command{hint} to continue (finished work is kept)",
+              file=sys.stderr)
         return 130
 
 

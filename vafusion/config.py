@@ -32,6 +32,7 @@ class FeaturesConfig:
     vggish_pca: str | None = None
     logmel_weights: str | None = None
     face_batch: int = 64
+    face_stride: int = 1  # encode every k-th face, interpolate the rest (CCC cost: docs/performance.md)
 
 
 @dataclass

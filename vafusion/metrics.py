@@ -40,7 +40,7 @@ def ccc_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> to
     dx, dy = (pred - mx) * m, (target - my) * m
     vx, vy = (dx**2).sum((0, 1)) / n, (dy**2).sum((0, 1)) / n
     cov = (dx * dy).sum((0, 1)) / n
-    c = 2 * cov / (vx + vy + (mx - my) ** 2 + 1e-8)
+    c = 2 * cov / (vx + vy + (mx - my) ** 2).clamp_min(1e-12)
     return 1.0 - c.mean()
 
 

@@ -81,9 +81,13 @@ _SHOW = 5  # how many keys of each kind an error message lists
 def sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks (torch hub names end in its first 8 digits)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        what = "weights file not found" if not Path(path).exists() else f"cannot be read ({exc.strerror})"
+        raise WeightsError(path, what, "pass the path of an existing weights file") from None
     return digest.hexdigest()
 
 

@@ -146,7 +146,7 @@ def read_annotation(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise AnnotationError(path, f"cannot be read ({exc})", "check the file") from None
     if not lines or lines[0].strip().replace(" ", "").lower() != "valence,arousal":

@@ -26,7 +26,8 @@ def assign_folds(samples: list[Sample], seed: int = 0, n_train_folds: int = N_TR
     """Return a table ``name,video,split,fold`` with one row per annotated sample.
 
     Train_Set videos are ordered by a seeded hash of their id and dealt round-robin into folds
-    1..n, which keeps the folds balanced in video count and stable when videos are added.
+    1..n, which keeps the folds balanced in video count (adding videos can move others: keep a
+    ``folds.csv`` and pass it back with ``--folds`` to freeze a split).
     """
     rows = []
     train_videos = sorted({s.video_id for s in samples if s.split == "Train_Set"}, key=lambda v: _key(v, seed))
@@ -59,7 +60,7 @@ def read_folds(path: str | Path, samples: list[Sample]) -> pd.DataFrame:
     """
     path = Path(path)
     try:
-        folds = pd.read_csv(path, dtype={"name": str, "video": str})
+        folds = pd.read_csv(path, dtype={"name": str, "video": str}, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise VafusionError(path, f"cannot read fold file ({exc})", "pass a folds.csv written by `vafusion cv`")
     missing_cols = {"name", "fold"} - set(folds.columns)

@@ -405,19 +405,14 @@ def _warp_patch(tmpl: _FaceTemplate, image: np.ndarray, coefs: np.ndarray) -> np
     return out
 
 
-def _identity_landmarks(tmpl: _FaceTemplate, coefs: np.ndarray) -> np.ndarray:
-    """Landmarks (68, 2) of the patch after the identity part of ``coefs``, expression neutral."""
-    ident = np.zeros(len(_BASES))
-    for b in _IDENTITY:
-        ident[_B[b]] = coefs[_B[b]]
-    return tmpl.landmarks + np.tensordot(ident, tmpl.displacements, axes=1)
-
-
 def _crop_matrix(tmpl: _FaceTemplate, coefs: np.ndarray, size: int) -> np.ndarray:
-    """2x3 patch -> aligned crop: the neutral face's five points onto the ArcFace template at ``size``."""
-    return similarity_transform(
-        five_points(_identity_landmarks(tmpl, coefs)), ARCFACE_TEMPLATE * size / CROP_SIZE
-    )
+    """2x3 patch -> aligned crop: the shown face's five points onto the ArcFace template at ``size``.
+
+    The points include the expression (mouth corners move with a smile), exactly as a real 5-point
+    aligner sees them, so the dataset's crops match what ``vafusion predict`` aligns from raw video.
+    """
+    landmarks = tmpl.landmarks + np.tensordot(coefs, tmpl.displacements, axes=1)
+    return similarity_transform(five_points(landmarks), ARCFACE_TEMPLATE * size / CROP_SIZE)
 
 
 def _expression_coefs(valence: np.ndarray, arousal: np.ndarray) -> np.ndarray:
@@ -782,14 +777,13 @@ def _make_person(
     jitter = 0.02 * base_scale * _PATCH
     px = centre[0] + jitter * _smooth_noise(n, fps, 0.3, rng)
     py = centre[1] + jitter * _smooth_noise(n, fps, 0.3, rng)
-    crop_from_patch = _crop_matrix(tmpl, coefs[0], CROP_SIZE)
     mirror = np.array([[-1.0, 0, CROP_SIZE - 1], [0, 1.0, 0]])
     align_noise = 0.4 * rng.standard_normal((n, 2))
     place = np.empty((n, 2, 3))
     crop = np.empty((n, 2, 3))
     for i in range(n):
         place[i] = _affine(scale[i], angle[i], flip, (_PATCH / 2, _PATCH / 2), (px[i], py[i]))
-        m = _compose(crop_from_patch, cv2.invertAffineTransform(place[i]))
+        m = _compose(_crop_matrix(tmpl, coefs[i], CROP_SIZE), cv2.invertAffineTransform(place[i]))
         if flip:
             m = _compose(mirror, m)
         m[:, 2] += align_noise[i]

@@ -6,9 +6,13 @@ the summary; the others go on.
 """
 from __future__ import annotations
 
+import json
+import re
+import shlex
 import time
+import zipfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,10 +23,18 @@ from tqdm import tqdm
 from vafusion.config import FeaturesConfig
 from vafusion.data.affwild2 import Corpus, Sample, crop_index, read_annotation
 from vafusion.errors import VafusionError
+from vafusion.accel import anchor_rows, fill_between_anchors
 from vafusion.features.extractors import build_extractor
-from vafusion.features.store import build_manifest, feature_path, read_meta, write_features
+from vafusion.features.store import (
+    MANIFEST,
+    build_manifest,
+    feature_path,
+    read_meta,
+    shard_manifest,
+    write_features,
+)
 from vafusion.io.atomic import clean_stale_temps, write_json
-from vafusion.io.video import VideoInfo, frame_times, probe, read_audio
+from vafusion.io.video import VideoInfo, probe, read_audio, row_times
 
 CROP_SIZE = 112
 
@@ -72,14 +84,31 @@ def shard_samples(samples: list[Sample], shard: tuple[int, int] | None) -> list[
     return [s for s in samples if s.video_id in mine]
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    """(mtime, size) of a file, so a cached decode is never reused for a file that changed since."""
+    try:
+        st = path.stat()
+    except OSError:
+        return 0, 0
+    return st.st_mtime_ns, st.st_size
+
+
 @lru_cache(maxsize=64)
-def _probe(path: Path) -> VideoInfo:
+def _probe_cached(path: Path, stamp: tuple[int, int]) -> VideoInfo:
     return probe(path, count_frames=True)
 
 
+def _probe(path: Path) -> VideoInfo:
+    return _probe_cached(path, _stamp(path))
+
+
 @lru_cache(maxsize=1)
-def _audio(path: Path) -> tuple[np.ndarray, int] | None:
+def _audio_cached(path: Path, stamp: tuple[int, int]) -> tuple[np.ndarray, int] | None:
     return read_audio(path, sample_rate=None)
+
+
+def _audio(path: Path) -> tuple[np.ndarray, int] | None:
+    return _audio_cached(path, _stamp(path))
 
 
 def sample_frames(sample: Sample) -> tuple[int, float, list[str]]:
@@ -100,7 +129,18 @@ def sample_frames(sample: Sample) -> tuple[int, float, list[str]]:
 
 
 def _read_crop(path: Path) -> np.ndarray | None:
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    """The crop as (112, 112, 3) RGB, or ``None`` when it is empty, corrupt or cut short.
+
+    A JPEG that lost its end-of-image marker is refused: OpenCV would decode its first part and fill the
+    rest with grey, giving a face feature from half a face.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    if raw[:2] == b"\xff\xd8" and b"\xff\xd9" not in raw[-64:]:
+        return None
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
     if img is None:
         return None
     if img.shape[:2] != (CROP_SIZE, CROP_SIZE):
@@ -108,8 +148,25 @@ def _read_crop(path: Path) -> np.ndarray | None:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def face_features(extractor, sample: Sample, n: int, batch: int, stats: ExtractorStats) -> tuple[np.ndarray, np.ndarray]:
-    """Encode the crops of frames 1..n; frames without a (readable) crop are invalid."""
+def configured_extractor(name: str, cfg: FeaturesConfig):
+    """``build_extractor`` plus the run settings that change a face stream's rows (``face_stride``), which
+    therefore enter its fingerprint."""
+    if cfg.face_stride < 1:
+        raise VafusionError(None, f"features.face_stride must be >= 1, got {cfg.face_stride}",
+                            "set features.face_stride=1 (encode every face) or more")
+    ext = build_extractor(name, cfg)
+    if ext.modality == "face" and cfg.face_stride > 1:
+        ext.params = {**ext.params, "face_stride": cfg.face_stride}
+    return ext
+
+
+def face_features(extractor, sample: Sample, n: int, batch: int, stats: ExtractorStats,
+                  stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Encode the crops of frames 1..n; frames without a (readable) crop are invalid.
+
+    With ``stride`` k > 1 every crop is still read (an unreadable one stays invalid) but only every k-th
+    of each run of readable crops, and the run's last, is encoded; the others are interpolated.
+    """
     index = crop_index(sample.crops)
     if sample.crops is None or not index:
         stats.notes["no crop folder"].append(sample.name)
@@ -118,6 +175,12 @@ def face_features(extractor, sample: Sample, n: int, batch: int, stats: Extracto
     frames = [i for i in range(1, n + 1) if i in index]
     missing = n - len(frames)
     corrupt = []
+    if stride > 1:
+        readable = np.zeros(n, bool)
+        for i in frames:
+            readable[i - 1] = _read_crop(index[i]) is not None
+        corrupt = [index[i].name for i in frames if not readable[i - 1]]
+        frames = [int(r) + 1 for r in anchor_rows(readable, stride)]
     for k in range(0, len(frames), batch):
         chunk = frames[k:k + batch]
         imgs, keep = [], []
@@ -131,6 +194,8 @@ def face_features(extractor, sample: Sample, n: int, batch: int, stats: Extracto
         if imgs:
             feats[keep] = extractor.encode(np.stack(imgs))
             valid[keep] = True
+    if stride > 1:
+        feats, valid = fill_between_anchors(feats, valid, readable)
     if missing and index:
         stats.notes["frames without crop"].append(f"{sample.name} ({missing})")
     if corrupt:
@@ -157,14 +222,17 @@ def extract(corpus: Corpus, out: str | Path, cfg: FeaturesConfig, extractor_name
     """Extract every (sample, extractor) pair not yet done; write ``extract_summary.json`` and the manifest."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(out)
     samples = shard_samples(sorted(corpus.samples, key=lambda s: s.name), shard)
+    if shard is None:
+        clean_stale_temps(out)
+    else:
+        clean_own_temps(out, extractor_names, {s.name for s in samples})
     summary: dict = {"dataset": str(corpus.root), "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
                      "samples": len(samples), "problems": list(corpus.problems), "extractors": {}}
     length_notes: set[str] = set()
     for name in extractor_names:
         stats = ExtractorStats()
-        ext = build_extractor(name, cfg)
+        ext = configured_extractor(name, cfg)
         bar = tqdm(samples, desc=f"extract {name}", unit="video", disable=not progress, dynamic_ncols=True)
         for sample in bar:
             path = feature_path(out, name, sample.name)
@@ -176,9 +244,9 @@ def extract(corpus: Corpus, out: str | Path, cfg: FeaturesConfig, extractor_name
             try:
                 n, fps, notes = sample_frames(sample)
                 length_notes.update(notes)
-                times = frame_times(n, fps)
+                times = row_times(_probe(sample.video), n)
                 if ext.modality == "face":
-                    feats, valid = face_features(ext, sample, n, cfg.face_batch, stats)
+                    feats, valid = face_features(ext, sample, n, cfg.face_batch, stats, cfg.face_stride)
                 else:
                     feats, valid = audio_features(ext, sample, times, stats)
                 info = _probe(sample.video)
@@ -201,5 +269,164 @@ def extract(corpus: Corpus, out: str | Path, cfg: FeaturesConfig, extractor_name
     summary["failed"] = sorted({f"{k}: {v}" for s in summary["extractors"].values() for k, v in s["failed"].items()})
     write_json(out / ("extract_summary.json" if shard is None else f"extract_summary.shard{shard[0]}of{shard[1]}.json"),
                summary)
-    build_manifest(out)
+    if shard is None:
+        build_manifest(out)
+    else:
+        build_manifest(out, {s.name for s in samples}, extractor_names, shard_manifest(*shard))
     return summary
+
+
+def clean_own_temps(out: Path, extractor_names: list[str], names: set[str]) -> int:
+    """Remove temp files a killed run left for ``names`` only: other shards may be writing theirs right now."""
+    n = 0
+    for ext in extractor_names:
+        folder = out / ext
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(".") and ".tmp" in p.name and p.name[1:].split(".npz.")[0] in names:
+                p.unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+_PART = re.compile(r"^(?:manifest|extract_summary)\.shard(\d+)of(\d+)\.(?:parquet|json)$")
+
+
+def shard_parts(root: Path) -> dict[int, set[int]]:
+    """Shard count N -> indices of the shards that finished (left a manifest part or summary) in ``root``."""
+    found: dict[int, set[int]] = defaultdict(set)
+    for p in Path(root).iterdir() if Path(root).is_dir() else []:
+        m = _PART.match(p.name)
+        if m and int(m.group(1)) < int(m.group(2)):
+            found[int(m.group(2))].add(int(m.group(1)))
+    return dict(found)
+
+
+def shard_of(samples: list[Sample], name: str, count: int) -> int:
+    """Which of ``count`` shards processes sample ``name`` (the rule of :func:`shard_samples`)."""
+    videos = sorted({s.video_id for s in samples})
+    vid = next(s.video_id for s in samples if s.name == name)
+    return videos.index(vid) % count
+
+
+def _stored_rows(path: Path) -> tuple[int, int] | None:
+    """Rows of ``features`` and ``valid`` in a feature file, read from the array headers only."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            rows = []
+            for member in ("features.npy", "valid.npy"):
+                with z.open(member) as fh:
+                    major, _ = np.lib.format.read_magic(fh)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape = read(fh)[0]
+                    rows.append(int(shape[0]) if shape else -1)
+            return rows[0], rows[1]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def _expected_rows(sample: Sample) -> int:
+    """Rows a complete feature file of ``sample`` has: one per annotation line (video frames if unannotated)."""
+    if sample.annotation is not None:
+        return len(read_annotation(sample.annotation)[0])
+    return sample_frames(sample)[0]
+
+
+def _rerun_flags(cfg: FeaturesConfig) -> list[str]:
+    flags = []
+    for flag, value in (("--iresnet-weights", cfg.iresnet_weights), ("--vggish-weights", cfg.vggish_weights),
+                        ("--vggish-pca", cfg.vggish_pca), ("--logmel-weights", cfg.logmel_weights)):
+        if value:
+            flags += [flag, str(value)]
+    if cfg.iresnet_weights and cfg.iresnet_arch != FeaturesConfig.iresnet_arch:
+        flags += ["--iresnet-arch", cfg.iresnet_arch]
+    flagged = {"iresnet_weights", "vggish_weights", "vggish_pca", "logmel_weights", "iresnet_arch"}
+    for f in fields(FeaturesConfig):  # any other setting that differs from its default
+        value = getattr(cfg, f.name)
+        if f.name not in flagged and value != f.default:
+            flags += ["--set", f"features.{f.name}={value}"]
+    return flags
+
+
+def merge_shards(corpus: Corpus, root: str | Path, cfg: FeaturesConfig, extractor_names: list[str],
+                 shards: int | None = None) -> dict:
+    """Check that every (sample, extractor) file exists, was made with the current settings and has one row
+    per annotation line; if all do, write the single ``manifest.parquet`` (if not, remove an earlier one).
+
+    ``shards`` is the N of the ``--shard I/N`` runs (default: read from the manifest parts they left).
+    The report lists each problem with its sample's shard and the exact commands that fix them; files
+    that are present and current but of the wrong length must be deleted first (extraction skips them).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise VafusionError(root, "feature store not found", "run `vafusion extract` (with --shard I/N) first")
+    parts = shard_parts(root)
+    notes = []
+    if shards is None and parts:
+        shards = max(parts, key=lambda n: (len(parts[n]), n))
+        if len(parts) > 1:
+            notes.append(f"manifest parts from several shard counts {sorted(parts)}; checked against N={shards}")
+    samples = sorted(corpus.samples, key=lambda s: s.name)
+    problems: list[dict] = []
+    rows_cache: dict[str, int | str] = {}
+    for name in extractor_names:
+        fingerprint = configured_extractor(name, cfg).fingerprint
+        for s in samples:
+            path = feature_path(root, name, s.name)
+            if s.name not in rows_cache:
+                try:
+                    rows_cache[s.name] = _expected_rows(s)
+                except VafusionError as exc:
+                    rows_cache[s.name] = exc.one_line()
+            want = rows_cache[s.name]
+            meta = read_meta(path) if path.exists() else None
+            if not path.exists():
+                kind, what = "missing", "no feature file"
+            elif meta is None:
+                kind, what = "unreadable", "unreadable feature file"
+            elif meta.get("fingerprint") != fingerprint:
+                kind, what = "stale", (f"made with other settings or weights (fingerprint {meta.get('fingerprint')}, "
+                                       f"expected {fingerprint})")
+            elif isinstance(want, str):
+                kind, what = "dataset", want
+            elif (got := _stored_rows(path)) != (want, want) or meta.get("frames") != want:
+                kind, what = "length", f"{got[0] if got else '?'} rows, annotation has {want}"
+            else:
+                continue
+            problems.append({"sample": s.name, "video": s.video_id, "extractor": name, "kind": kind,
+                             "problem": what, "path": str(path),
+                             "shard": None if not shards else f"{shard_of(samples, s.name, shards)}/{shards}"})
+    missing_parts = sorted(set(range(shards)) - parts.get(shards, set())) if shards else []
+    base = ["vafusion", "extract", "--data", str(corpus.root), "--features", str(root)] + _rerun_flags(cfg)
+    commands = []
+    delete = [p["path"] for p in problems if p["kind"] == "length"]
+    if delete:
+        commands.append(shlex.join(["rm", "-f", *delete]))
+    redo = [p for p in problems if p["kind"] != "dataset"]
+    groups: dict[str | None, set[str]] = defaultdict(set)
+    for p in redo:
+        groups[p["shard"]].add(p["extractor"])
+    for shard in sorted(groups, key=lambda g: (g is None, int(g.split("/")[0]) if g else 0)):
+        exts = [e for e in extractor_names if e in groups[shard]]
+        commands.append(shlex.join(base + ["--extractors", ",".join(exts)] + (["--shard", shard] if shard else [])))
+    failures = []
+    for p in sorted(root.glob("extract_summary*.json")):
+        try:
+            failures += [f"{p.name}: {f}" for f in json.loads(p.read_text()).get("failed", [])]
+        except (OSError, json.JSONDecodeError):
+            notes.append(f"{p.name} is unreadable")
+    if missing_parts:
+        notes.append("no manifest part from shard " + ", ".join(f"{i}/{shards}" for i in missing_parts)
+                     + " (not run, or killed before its end); its files were checked one by one")
+    complete = not problems
+    expected = len(samples) * len(extractor_names)
+    report = {"complete": complete, "expected": expected, "ok": expected - len(problems),
+              "extractors": list(extractor_names), "shards": shards, "problems": problems,
+              "commands": commands, "recorded_failures": failures, "notes": notes}
+    if complete:
+        report["manifest_rows"] = len(build_manifest(root))
+    else:
+        (root / MANIFEST).unlink(missing_ok=True)  # a manifest exists only for a store found complete
+    write_json(root / "merge_report.json", report)
+    return report

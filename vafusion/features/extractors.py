@@ -60,23 +60,37 @@ def _sha(path: str | None) -> str | None:
 
 
 class IResNetExtractor(_Base):
-    """IResNet face embeddings (paper eq. 1), 512-d, from an arcface_torch ``backbone.pth``."""
+    """IResNet face embeddings (paper eq. 1), 512-d, from an arcface_torch ``backbone.pth``.
 
-    def __init__(self, arch: str, weights: str, batch: int = 64) -> None:
+    Faces run on ``vafusion.accel.FaceEncoder``: batched, channels-last, ``inference_mode``, in the best
+    precision this CPU runs natively (``precision="auto"``: bf16 only with AVX512-BF16/AMX, else fp32) on
+    the faster backend. The precision is part of the fingerprint; the backend is picked on first use.
+    """
+
+    def __init__(self, arch: str, weights: str, batch: int = 64, precision: str = "auto") -> None:
+        from vafusion.accel import choose_precision, cpu_info
         from vafusion.weights import load_iresnet
 
-        super().__init__("iresnet", "face", 512, {"arch": arch, "weights_sha256": _sha(weights)})
+        precision = choose_precision(cpu_info()) if precision == "auto" else precision
+        super().__init__("iresnet", "face", 512, {"arch": arch, "weights_sha256": _sha(weights),
+                                                  "precision": precision})
         self.net = load_iresnet(arch, weights).eval()
         self.batch = batch
+        self._encoder = None
 
-    @torch.inference_mode()
+    @property
+    def encoder(self):
+        """The ``FaceEncoder`` (built on first use, which times the candidate backends once per process)."""
+        if self._encoder is None:
+            from vafusion.accel import FaceEncoder
+
+            self._encoder = FaceEncoder(self.net, self.batch, self.params["precision"],
+                                        key=(self.params["arch"], self.params["weights_sha256"]))
+        return self._encoder
+
     def encode(self, crops: np.ndarray) -> np.ndarray:
         """(N, 112, 112, 3) uint8 RGB -> (N, 512) float32."""
-        from vafusion.features.iresnet import preprocess
-
-        out = [self.net(preprocess(crops[i:i + self.batch])).float().numpy()
-               for i in range(0, len(crops), self.batch)]
-        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+        return self.encoder(crops)
 
 
 class LandmarksExtractor(_Base):

@@ -7,6 +7,7 @@ Row i belongs to annotation line i, i.e. video frame i (1-based), at time (i - 1
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from vafusion.errors import VafusionError
 from vafusion.io.atomic import atomic_path, save_npz
 
 MANIFEST = "manifest.parquet"
+# what np.load raises for an empty, truncated, foreign or pickled file
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError)
 
 
 @dataclass
@@ -60,7 +63,7 @@ def read_features(path: str | Path) -> FeatureFile:
     try:
         with np.load(path, allow_pickle=False) as z:
             ff = FeatureFile(z["features"], z["valid"], z["times"], json.loads(str(z["meta"])))
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except _UNREADABLE as exc:
         raise VafusionError(path, f"feature file is unreadable ({exc.__class__.__name__})",
                             "delete it and rerun `vafusion extract` (finished files are skipped)") from None
     if ff.features.ndim != 2 or ff.features.shape[0] != ff.valid.shape[0]:
@@ -78,15 +81,31 @@ def read_meta(path: Path) -> dict | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             return json.loads(str(z["meta"]))
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+    except _UNREADABLE:
         return None
 
 
-def build_manifest(root: str | Path) -> pd.DataFrame:
-    """Scan the store and write ``manifest.parquet``: one row per (extractor, sample) file."""
+def shard_manifest(index: int, count: int) -> str:
+    """File name of the manifest part that shard ``index`` of ``count`` writes (merged by ``merge-features``)."""
+    return f"manifest.shard{index}of{count}.parquet"
+
+
+def build_manifest(root: str | Path, names: set[str] | None = None, extractors: list[str] | None = None,
+                   filename: str = MANIFEST) -> pd.DataFrame:
+    """Scan the store and write ``filename``: one row per (extractor, sample) file.
+
+    ``names`` / ``extractors`` restrict the scan, so a shard lists only its own files in its own part and
+    concurrent shards never write the same manifest.
+    """
     root = Path(root)
     rows = []
-    for path in sorted(root.glob("*/*.npz")):
+    if extractors is None:
+        paths = sorted(root.glob("*/*.npz"))
+    else:
+        paths = sorted(p for e in extractors for p in (root / e).glob("*.npz"))
+    for path in paths:
+        if names is not None and path.stem not in names:
+            continue
         meta = read_meta(path)
         if meta is None:
             continue
@@ -94,6 +113,6 @@ def build_manifest(root: str | Path) -> pd.DataFrame:
                      "frames": meta.get("frames"), "dim": meta.get("dim"), "valid_frac": meta.get("valid_frac"),
                      "fingerprint": meta.get("fingerprint"), "fps": meta.get("fps")})
     df = pd.DataFrame(rows, columns=["extractor", "name", "path", "frames", "dim", "valid_frac", "fingerprint", "fps"])
-    with atomic_path(root / MANIFEST) as tmp:
+    with atomic_path(root / filename) as tmp:
         df.to_parquet(tmp, index=False)
     return df

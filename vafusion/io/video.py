@@ -5,7 +5,7 @@ Everything reads streams incrementally, so memory does not grow with video lengt
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,6 +31,8 @@ class VideoInfo:
     has_audio: bool
     audio_rate: int | None
     audio_channels: int | None
+    times: np.ndarray | None = field(default=None, compare=False, repr=False)
+    """Presentation time (s, from the first frame) of every frame, from the packets; set when frames were counted."""
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,17 @@ class Frame:
 def _open(path: Path) -> av.container.InputContainer:
     if not path.exists():
         raise MediaError(path, "file not found", "check the path")
+    if not path.is_file():
+        raise MediaError(path, "is not a file", "pass a video file")
     if path.stat().st_size == 0:
         raise MediaError(path, "empty file (0 bytes)", "re-copy or re-download the video")
     try:
         return av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise MediaError(path, f"not a readable media file ({exc.__class__.__name__}: {exc})",
-                         "check that it is a complete video; re-encode it with ffmpeg if needed") from None
+        detail = getattr(exc, "strerror", None) or str(exc)
+        raise MediaError(path, f"not a readable media file ({detail})",
+                         "check that it is a complete video (a copy cut short loses its index); "
+                         "re-copy it, or re-encode it with ffmpeg") from None
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
@@ -92,17 +98,32 @@ def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
             duration = container.duration / av.time_base
         else:
             duration = 0.0
-        n_frames = int(stream.frames or 0)
+        listed = int(stream.frames or 0)
+        n_frames = listed
+        times = None
         if count_frames or n_frames <= 0:
-            n_frames = 0
+            n_frames = present = 0
+            pts: list[int] = []
             try:
                 for packet in container.demux(stream):
+                    if packet.size or packet.dts is not None:  # not the end-of-stream flush packet
+                        present += 1  # AVI keeps empty packets for dropped frames in its frame count
                     if packet.size:
                         n_frames += 1
+                        if packet.pts is not None:
+                            pts.append(packet.pts)
             except av.error.FFmpegError as exc:
                 raise MediaError(path, f"stream is corrupt ({exc})",
                                  "the file is probably truncated; re-copy it or re-encode with ffmpeg") from None
+            # only MP4/MOV indexes list every frame exactly (an AVI header may count a few more)
+            exact_index = "mov" in container.format.name.split(",")
+            if exact_index and 0 < present < listed:
+                raise MediaError(path, f"truncated: its index lists {listed} video frames but only {present} "
+                                 "are in the file", "re-copy or re-download the complete file")
             container.seek(0)
+            if pts and len(pts) == n_frames and stream.time_base is not None:
+                ticks = np.sort(np.asarray(pts, np.int64))
+                times = (ticks - ticks[0]).astype(np.float64) * float(stream.time_base)
         if fps <= 0 and duration > 0:
             fps = n_frames / duration
         audio = container.streams.audio[0] if container.streams.audio else None
@@ -114,7 +135,7 @@ def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
     return VideoInfo(path=path, fps=fps, n_frames=n_frames, width=width, height=height, duration=duration,
                      rotation=rotation, has_audio=audio is not None,
                      audio_rate=int(audio.rate) if audio is not None else None,
-                     audio_channels=int(audio.channels) if audio is not None else None)
+                     audio_channels=int(audio.channels) if audio is not None else None, times=times)
 
 
 def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
@@ -186,3 +207,25 @@ def read_audio(path: str | Path, sample_rate: int | None = 16000) -> tuple[np.nd
 def frame_times(n_frames: int, fps: float) -> np.ndarray:
     """Times of annotation frames: line i (1-based) <-> frame i <-> (i - 1) / fps seconds."""
     return np.arange(n_frames, dtype=np.float64) / float(fps)
+
+
+def row_times(info: VideoInfo, n_rows: int) -> np.ndarray:
+    """Times of annotation rows 1..n_rows: ``frame_times`` for constant frame rate video.
+
+    When the frames' own timestamps (``probe(count_frames=True)``) stray from ``(i - 1) / fps`` by more
+    than half a frame, the video has a variable frame rate and row i takes frame i's real time, so the
+    audio features of a row come from the moment its frame is shown. Rows past the last frame continue
+    at the average rate.
+    """
+    nominal = frame_times(n_rows, info.fps)
+    t = info.times
+    if t is None or len(t) == 0 or info.fps <= 0:
+        return nominal
+    k = min(len(t), n_rows)
+    if np.abs(t[:k] - nominal[:k]).max() <= 0.5 / info.fps:
+        return nominal
+    out = nominal.copy()
+    out[:k] = t[:k]
+    if n_rows > k:
+        out[k:] = t[k - 1] + np.arange(1, n_rows - k + 1) / info.fps
+    return out

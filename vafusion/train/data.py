@@ -6,14 +6,16 @@ overlapping windows over whole sequences and averages them (``inference.sliding_
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from vafusion.data.affwild2 import Sample, read_annotation
+from vafusion.errors import VafusionError
 from vafusion.features.store import feature_path, read_features
 
 
@@ -27,6 +29,7 @@ class Sequence:
     valid: dict[str, np.ndarray]
     labels: np.ndarray
     label_valid: np.ndarray
+    fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -48,16 +51,25 @@ def load_sequence(sample: Sample, feats_root: str | Path, streams: dict[str, str
         labels, label_valid = read_annotation(sample.annotation)
     else:
         labels, label_valid = None, None
-    feats, valid = {}, {}
+    feats, valid, prints = {}, {}, {}
     for role in roles:
-        ff = read_features(feature_path(feats_root, streams[role], sample.name))
+        path = feature_path(feats_root, streams[role], sample.name)
+        ff = read_features(path)
+        made_by = ff.meta.get("extractor", streams[role])
+        if made_by != streams[role]:
+            raise VafusionError(path, f"holds {made_by} features, but the {role} stream reads {streams[role]} "
+                                "features", "delete it and rerun `vafusion extract`")
+        if int(ff.meta.get("dim", ff.features.shape[1])) != ff.features.shape[1]:
+            raise VafusionError(path, f"holds {ff.features.shape[1]}-d rows but says {ff.meta['dim']}-d",
+                                "delete it and rerun `vafusion extract`")
+        prints[role] = str(ff.meta.get("fingerprint", ""))
         if labels is None:
             labels = np.zeros((len(ff.features), 2), np.float32)
             label_valid = np.zeros(len(ff.features), bool)
         n = len(labels)
         feats[role] = _fit_length(ff.features, n, 0.0)
         valid[role] = _fit_length(ff.valid, n, False)
-    return Sequence(sample.name, sample.video_id, feats, valid, labels, label_valid)
+    return Sequence(sample.name, sample.video_id, feats, valid, labels, label_valid, prints)
 
 
 @dataclass
@@ -119,7 +131,9 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, k: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """Window ``key``; an ``(epoch, k)`` key (from :class:`EpochSampler`) draws that epoch's augmentation."""
+        epoch, k = key if isinstance(key, tuple) else (self.epoch, key)
         i, start = self.index[k]
         seq, w = self.seqs[i], self.window
         end = min(start + w, seq.length)
@@ -133,7 +147,7 @@ class WindowDataset(Dataset):
         feats = {r: cut(x, 0.0) for r, x in seq.feats.items()}
         valid = {r: cut(v, False) for r, v in seq.valid.items()}
         if self.train and (self.branch_dropout > 0 or self.frame_dropout > 0):
-            rng = np.random.default_rng((self.seed, self.epoch, k))
+            rng = np.random.default_rng((self.seed, epoch, k))
             roles = list(valid)
             if len(roles) > 1 and rng.random() < self.branch_dropout:
                 valid[roles[rng.integers(len(roles))]][:] = False
@@ -145,3 +159,38 @@ class WindowDataset(Dataset):
             "labels": torch.from_numpy(cut(seq.labels, 0.0)),
             "label_valid": torch.from_numpy(cut(seq.label_valid, False)),
         }
+
+
+def epoch_seed(seed: int, epoch: int, step: int = 0) -> int:
+    """A well-mixed 63-bit seed for (run seed, epoch, step)."""
+    return int(np.random.SeedSequence([seed, epoch, step]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class EpochSampler(Sampler):
+    """Training order: a permutation seeded by (seed, epoch), yielding ``(epoch, index)`` keys.
+
+    Epoch k then sees the same order and, through the key, the same augmentation whether the run started
+    at epoch 0 or was resumed at k. Lightning draws the first batch of a resumed run before it calls
+    ``set_epoch``, so the epoch is read from ``epoch_of`` (the trainer's restored counter) when iteration
+    starts; without it, the last ``set_epoch`` value is used.
+    """
+
+    def __init__(self, n: int, seed: int, epoch_of: Callable[[], int] | None = None, shuffle: bool = True) -> None:
+        self.n, self.seed, self.epoch_of, self.shuffle = n, seed, epoch_of, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = int(self.epoch_of()) if self.epoch_of is not None else self.epoch
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            order = torch.randperm(self.n, generator=gen).tolist()
+        else:
+            order = list(range(self.n))
+        for k in order:
+            yield epoch, k

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -10,11 +11,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
 from vafusion.config import Config
+from vafusion.errors import VafusionError
+from vafusion.io.atomic import atomic_path, clean_stale_temps
 from vafusion.models.fusion import BranchSpec, FusionConfig, FusionNet
-from vafusion.train.data import Normaliser, Sequence, WindowDataset
+from vafusion.train.data import EpochSampler, Normaliser, Sequence, WindowDataset
 from vafusion.train.module import VATask
 
 CHECKPOINT_FORMAT = "vafusion-model/1"
@@ -47,7 +51,47 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LitLogger.*")
     warnings.filterwarnings("ignore", ".*litlogger.*")
     warnings.filterwarnings("ignore", ".*treespec.*")
+    # a rerun (or --resume) finds its own earlier logs and checkpoints in RUN/work/...: expected
+    warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+    # DDP: the CCC metric all-reduces its sums itself (torchmetrics), so the logged values are already global.
+    warnings.filterwarnings("ignore", ".*sync_dist=True.*")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written beside their final name and renamed into place.
+
+    A kill during the write leaves the previous ``last.ckpt`` whole (Lightning's own writer stages the file
+    in the system temp folder, which may be another disk, and leaves it there when killed).
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: object = None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def _readable(ckpt: Path) -> bool:
+    """True if ``ckpt`` exists and loads; a damaged one (e.g. from an older version) restarts the fold."""
+    if not ckpt.is_file():
+        return False
+    try:
+        torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch raises many types for damaged files
+        print(f"vafusion: note: {ckpt} is damaged; training this fold from the start", file=sys.stderr)
+        return False
+    return True
+
+
+def check_strategy(strategy: str) -> None:
+    """Refuse Lightning strategies that spawn or fork workers from this process.
+
+    Those launchers pickle the model into each worker (weight-norm layers cannot be pickled) and hand back
+    only the weights, not the trainer state this module reports (epochs, best score). ``ddp`` runs every
+    process from the command line instead, as torchrun and SLURM do.
+    """
+    if any(word in str(strategy) for word in ("spawn", "fork", "notebook")):
+        raise VafusionError(None, f"train.strategy={strategy} is not supported",
+                            "use --strategy ddp (every process runs the command; see docs/scaling.md)")
 
 
 def fit(train: list[Sequence], val: list[Sequence], roles: list[str], cfg: Config, work: Path, seed: int,
@@ -58,6 +102,7 @@ def fit(train: list[Sequence], val: list[Sequence], roles: list[str], cfg: Confi
     Returns the best network (by validation P), the normaliser fitted on ``train`` and training facts.
     ``resume`` continues from ``work/last.ckpt`` when a previous run was interrupted.
     """
+    check_strategy(cfg.train.strategy)
     quiet_lightning()
     L.seed_everything(seed, workers=True, verbose=False)
     norm = Normaliser.fit(train)
@@ -72,11 +117,11 @@ def fit(train: list[Sequence], val: list[Sequence], roles: list[str], cfg: Confi
     ds_train = WindowDataset(train_n, t.window, t.hop, train=True, branch_dropout=t.branch_dropout,
                              frame_dropout=t.frame_dropout, seed=seed)
     ds_val = WindowDataset(val_n, t.window, t.window)
-    gen = torch.Generator().manual_seed(seed)
-    dl_train = DataLoader(ds_train, batch_size=t.batch_size, shuffle=True, collate_fn=_collate,
-                          num_workers=t.num_workers, generator=gen)
+    order = EpochSampler(len(ds_train), seed)
+    dl_train = DataLoader(ds_train, batch_size=t.batch_size, sampler=order, collate_fn=_collate,
+                          num_workers=t.num_workers)
     dl_val = DataLoader(ds_val, batch_size=t.batch_size, shuffle=False, collate_fn=_collate, num_workers=t.num_workers)
-    task = VATask(net, t, lr_scale)
+    task = VATask(net, t, lr_scale, seed=seed)
     work.mkdir(parents=True, exist_ok=True)
     ckpt = ModelCheckpoint(dirpath=work, filename="best", monitor="val_P", mode="max", save_last=True,
                            enable_version_counter=False)
@@ -84,10 +129,18 @@ def fit(train: list[Sequence], val: list[Sequence], roles: list[str], cfg: Confi
     trainer = L.Trainer(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
                         num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
                         callbacks=[ckpt, stop], logger=CSVLogger(work, name="", version=""),
+                        plugins=[AtomicCheckpointIO()],
                         enable_progress_bar=progress, enable_model_summary=False, deterministic=True,
                         num_sanity_val_steps=0, log_every_n_steps=1)
+    order.epoch_of = lambda: trainer.current_epoch
+    clean_stale_temps(work)
     last = work / "last.ckpt"
-    trainer.fit(task, dl_train, dl_val, ckpt_path=str(last) if resume and last.exists() else None)
+    try:
+        trainer.fit(task, dl_train, dl_val, ckpt_path=str(last) if resume and _readable(last) else None)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C into a silent exit(1); let the CLI say how to resume
+            raise KeyboardInterrupt from None
+        raise
     if ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state)

@@ -7,16 +7,18 @@ import torch
 from vafusion.config import TrainConfig
 from vafusion.metrics import CCC, ccc_loss
 from vafusion.models.fusion import FusionNet
+from vafusion.train.data import epoch_seed
 
 
 class VATask(L.LightningModule):
     """Train a ``FusionNet`` on windows; validation reports CCC of valence, arousal and their mean ``val_P``."""
 
-    def __init__(self, net: FusionNet, cfg: TrainConfig, lr_scale: float = 1.0) -> None:
+    def __init__(self, net: FusionNet, cfg: TrainConfig, lr_scale: float = 1.0, seed: int = 0) -> None:
         super().__init__()
         self.net = net
         self.cfg = cfg
         self.lr = cfg.lr * lr_scale
+        self.seed = seed
         self.val_ccc = CCC(num_outputs=2)
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -43,6 +45,14 @@ class VATask(L.LightningModule):
         ds = getattr(loader, "dataset", None)
         if ds is not None and hasattr(ds, "epoch"):
             ds.epoch = self.current_epoch
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        """Seed dropout by (seed, epoch, batch): a resumed run draws what the uninterrupted run drew.
+
+        Lightning checkpoints hold no random-generator state, so without this a run resumed at epoch k
+        would continue from a fresh generator and end with different weights.
+        """
+        torch.manual_seed(epoch_seed(self.seed, self.current_epoch, batch_idx))
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.cfg.weight_decay)

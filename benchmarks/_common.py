@@ -1,0 +1,222 @@
+"""Shared by the benchmark scripts: machine description, side-by-side timing, markdown, demo-run access.
+
+Timing rule: the CPU is often shared, so absolute figures drift with other work. Candidates are therefore
+timed in interleaved rounds (A, B, C, A, B, C, ...) inside one process; ratios are taken within a round
+and the median over rounds is reported, next to the load average seen while measuring.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from vafusion.accel import cpu_info  # noqa: E402
+
+DEMO = REPO / "runs" / "demo"
+
+
+@dataclass
+class Section:
+    """One benchmark's outcome: markdown for RESULTS.md and the raw figures for RESULTS.json."""
+
+    title: str
+    markdown: str
+    data: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def load_text() -> str:
+    """The 1/5/15-minute load averages, e.g. ``load 1.02/0.87/0.50``."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "load n/a"
+    return f"load {one:.2f}/{five:.2f}/{fifteen:.2f}"
+
+
+def machine() -> dict:
+    """CPU model and detected flags, library versions, threads and load: the header of every result."""
+    info = cpu_info()
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    try:
+        import onnxruntime
+
+        versions["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        versions["onnxruntime"] = "not installed"
+    mem_gib = None
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            mem_gib = round(int(fh.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpu": info.model, "flags": info.shown_flags(), "bf16_native": info.bf16, "vnni": info.vnni,
+            "torch_capability": info.torch_capability, "torch_threads": info.threads,
+            "logical_cpus": info.logical_cpus, "memory_gib": mem_gib, "platform": platform.platform(),
+            "versions": versions, "load": load_text()}
+
+
+def machine_markdown(m: dict) -> str:
+    """The machine as a small markdown table."""
+    rows = [("CPU", m["cpu"]), ("flags detected", " ".join(m["flags"]) or "none"),
+            ("native bf16 / int8 dot products", f"{'yes' if m['bf16_native'] else 'no'} / {'yes' if m['vnni'] else 'no'}"),
+            ("torch CPU capability", m["torch_capability"]),
+            ("threads", f"{m['torch_threads']} torch threads, {m['logical_cpus']} logical CPUs"),
+            ("memory", f"{m['memory_gib']} GiB"), ("platform", m["platform"]),
+            ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())),
+            ("load average at start (1/5/15 min)", m["load"])]
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+@dataclass
+class Race:
+    """Rates of several candidates timed in interleaved rounds; ``rates[name][r]`` is round ``r``."""
+
+    rates: dict[str, list[float]]
+    loads: list[str]
+
+    def median(self, name: str) -> float:
+        return float(np.median(self.rates[name]))
+
+    def best(self, name: str) -> float:
+        return float(np.max(self.rates[name]))
+
+    def ratio(self, name: str, base: str) -> float:
+        """Median over rounds of the within-round ratio ``name / base``."""
+        return float(np.median(np.asarray(self.rates[name]) / np.asarray(self.rates[base])))
+
+    def load_range(self) -> str:
+        ones = [float(x.split()[1].split("/")[0]) for x in self.loads if x != "load n/a"]
+        return f"load {min(ones):.2f}-{max(ones):.2f}" if ones else "load n/a"
+
+
+def race(candidates: dict[str, tuple[Callable[[], object], float]], rounds: int, warmup: bool = True) -> Race:
+    """Time ``{name: (fn, work)}`` in ``rounds`` interleaved rounds; rate = work / seconds of one call."""
+    if warmup:
+        for fn, _ in candidates.values():
+            fn()
+    rates: dict[str, list[float]] = {k: [] for k in candidates}
+    loads = []
+    for _ in range(rounds):
+        for name, (fn, work) in candidates.items():
+            t0 = time.perf_counter()
+            fn()
+            rates[name].append(work / (time.perf_counter() - t0))
+        loads.append(load_text())
+    return Race(rates, loads)
+
+
+def table(header: list[str], rows: list[list[object]]) -> str:
+    """A markdown table."""
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def demo_ready(run: Path = DEMO) -> str | None:
+    """``None`` when the demo run (data, features, models) exists, else what to do."""
+    need = [run / "data", run / "features", run / "models", run / "folds.csv", run / "streams.json"]
+    missing = [str(p.relative_to(REPO)) for p in need if not p.exists()]
+    if missing:
+        return f"needs the demo run ({', '.join(missing)} missing): run `make demo` first"
+    return None
+
+
+def demo_streams(run: Path = DEMO) -> dict[str, str]:
+    return json.loads((run / "streams.json").read_text())["streams"]
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch threads, then restore the previous count.
+
+    On a busy 2-core machine (load 6-7) scoring the demo's fusion models took 7-34x longer with 2 threads
+    than with 1 (OpenMP workers wait on descheduled peers), so the CCC evaluations use one thread.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def timed(fn: Callable[[], Section]) -> Section:
+    """Run one benchmark and record its wall time."""
+    t0 = time.perf_counter()
+    sec = fn()
+    sec.seconds = time.perf_counter() - t0
+    return sec
+
+
+class DemoEval:
+    """Score the demo's trained fold models on their held-out folds, with the features changed at will.
+
+    ``score(model, transform)`` loads ``RUN/models/<model>/fold<k>.pt`` for every fold, applies
+    ``transform(sequence) -> sequence`` to the raw (unnormalised) held-out sequences and returns the CCC
+    over all valid frames of each fold (``vafusion.train.cv.evaluate``, the report's metric), averaged.
+    """
+
+    def __init__(self, run: Path = DEMO) -> None:
+        import pandas as pd
+
+        from omegaconf import OmegaConf
+
+        from vafusion.config import CVConfig
+        from vafusion.data.affwild2 import scan
+        from vafusion.train.data import load_sequence
+
+        self.run = run
+        cv = OmegaConf.load(run / "config.yaml").get("cv", {})  # the run's own settings, read without schema
+        self.window = int(cv.get("eval_window", CVConfig.eval_window))
+        self.hop = int(cv.get("eval_hop", CVConfig.eval_hop))
+        self.folds = pd.read_csv(run / "folds.csv")
+        self.streams = demo_streams(run)
+        corpus = scan(run / "data").by_name()
+        self.seqs = {n: load_sequence(corpus[n], run / "features", self.streams, list(self.streams))
+                     for n in self.folds["name"]}
+        self.fold_ids = sorted(int(f) for f in self.folds["fold"].unique())
+        self._models: dict[tuple[str, int], tuple] = {}
+
+    def model(self, name: str, fold: int) -> tuple:
+        from vafusion.weights import load_model
+
+        key = (name, fold)
+        if key not in self._models:
+            net, norm, roles, _ = load_model(self.run / "models" / name / f"fold{fold}.pt")
+            self._models[key] = (net, norm, list(roles))
+        return self._models[key]
+
+    def score(self, name: str, transform: Callable | None = None) -> dict:
+        """Mean over folds of CCC valence, arousal and P, plus the per-fold P."""
+        from dataclasses import replace
+
+        from vafusion.train.cv import evaluate
+
+        per_fold = []
+        for fold in self.fold_ids:
+            net, norm, roles = self.model(name, fold)
+            names = self.folds.loc[self.folds["fold"] == fold, "name"].tolist()
+            seqs = [transform(self.seqs[n]) if transform else self.seqs[n] for n in names]
+            seqs = [replace(s, feats={r: s.feats[r] for r in roles}, valid={r: s.valid[r] for r in roles})
+                    for s in seqs]
+            with torch.inference_mode(), torch_threads(1):
+                result, _ = evaluate(net, norm, seqs, self.window, self.hop)
+            per_fold.append(result)
+        return {"valence": float(np.mean([r["valence"] for r in per_fold])),
+                "arousal": float(np.mean([r["arousal"] for r in per_fold])),
+                "P": float(np.mean([r["mean"] for r in per_fold])),
+                "P_per_fold": [round(float(r["mean"]), 4) for r in per_fold]}

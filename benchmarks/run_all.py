@@ -1,0 +1,93 @@
+"""Run every benchmark and write benchmarks/RESULTS.md (and RESULTS.json) with this machine's details.
+
+    make bench                                   # = .venv/bin/python benchmarks/run_all.py
+    .venv/bin/python benchmarks/run_all.py --rounds 3
+    .venv/bin/python benchmarks/run_all.py --only face_encoding memory
+    .venv/bin/python benchmarks/run_all.py --demo --int8   # also time a fresh demo / try int8 (minutes more)
+
+Sections: face encoding (naive vs vafusion's way vs peak, accuracy), doing less on the face side (CCC per
+encoding stride, FaceTrack per detection stride), audio front ends (speed, CCC per hop), training
+throughput and demo wall time, peak memory vs video length. Parts that need the demo run say so and are
+skipped when ``runs/demo`` is missing (``make demo`` first). A failing section is reported, the others go on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from _common import REPO, Section, load_text, machine, machine_markdown, timed
+
+OUT_MD = Path(__file__).with_name("RESULTS.md")
+OUT_JSON = Path(__file__).with_name("RESULTS.json")
+NAMES = ("face_encoding", "face_stride", "audio", "training", "memory")
+
+
+def section(name: str, args: argparse.Namespace) -> Section:
+    """Run one benchmark module's ``run``."""
+    if name == "face_encoding":
+        import face_encoding
+
+        return face_encoding.run(args.rounds, args.int8)
+    if name == "face_stride":
+        import face_stride
+
+        return face_stride.run(quick=args.rounds < 3)
+    if name == "audio":
+        import audio
+
+        return audio.run(args.rounds)
+    if name == "training":
+        import training
+
+        return training.run(args.rounds, args.demo)
+    if name == "memory":
+        import memory
+
+        return memory.run((1, 10, 60), (1, 10))
+    raise ValueError(name)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds per benchmark (default 2)")
+    parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
+    parser.add_argument("--demo", action="store_true", help="time a fresh `vafusion demo` (about 3 min on 2 idle cores)")
+    parser.add_argument("--int8", action="store_true", help="also try ONNX Runtime static int8 for faces (about 2 min)")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+    m = machine()
+    sections, failed = [], []
+    for name in args.only:
+        print(f"[bench] {name} ... ({load_text()})", file=sys.stderr, flush=True)
+        try:
+            sec = timed(lambda name=name: section(name, args))
+        except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
+            failed.append(name)
+            sec = Section(name, "Failed:\n\n```\n" + traceback.format_exc(limit=4) + "```")
+        print(f"[bench] {name} done in {sec.seconds:.0f} s", file=sys.stderr, flush=True)
+        sections.append(sec)
+    total = time.perf_counter() - t0
+    cmd = "make bench" if args.only == list(NAMES) and args.rounds == 2 and not (args.demo or args.int8) else \
+        "benchmarks/run_all.py " + " ".join(sys.argv[1:])
+    md = ["# vafusion benchmark results", "",
+          f"Written by `{cmd}` in {total:.0f} s; every figure below was measured in that run on this machine.",
+          "Timings interleave their candidates round by round in one process; ratios are medians of "
+          "within-round ratios. The load average is printed next to the figures: on a shared CPU the "
+          "absolute numbers move with it, the ratios much less.", "", "## Machine", "", machine_markdown(m), ""]
+    for sec in sections:
+        md += [f"## {sec.title}", "", f"_{sec.seconds:.0f} s_", "", sec.markdown, ""]
+    md += [f"Load average at the end: {load_text()}.", ""]
+    OUT_MD.write_text("\n".join(md))
+    OUT_JSON.write_text(json.dumps({"machine": m, "seconds": total, "command": cmd,
+                                    "sections": {s.title: {"seconds": s.seconds, **s.data} for s in sections}},
+                                   indent=1, default=str))
+    print(f"[bench] wrote {OUT_MD.relative_to(REPO)} in {total:.0f} s", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

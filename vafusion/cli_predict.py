@@ -1,0 +1,259 @@
+"""``vafusion predict`` (any video -> per-frame VA files) and ``vafusion submit`` (ABAW test submission)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from vafusion.errors import VafusionError
+
+MODEL_HELP = "trained model of the run: fusion (default) or a single-stream model (visual, vggish, logmel)"
+
+
+def _subject(text: str):
+    """``largest`` | ``first`` | a face index from the left."""
+    if text in ("largest", "first"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected largest, first or a face index (0, 1, ...), got {text!r}")
+
+
+def _add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        type=Path,
+        metavar="RUN",
+        required=required,
+        help="run directory written by `vafusion cv` or `vafusion demo` (models/, config.yaml, "
+        "streams.json); its front ends and features settings are used, so inference matches training",
+    )
+    g.add_argument(
+        "--which", default="fusion", choices=["fusion", "visual", "vggish", "logmel"], help=MODEL_HELP
+    )
+    g.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        metavar="K",
+        help="use only the model of fold K (default: average the predictions of every fold model)",
+    )
+    g.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="run the fold networks in PyTorch (default) or ONNX Runtime; onnx uses RUN/onnx/<model>/fold<k>.onnx "
+        "and exports it there first (checked against PyTorch) when missing or made from another checkpoint",
+    )
+    g.add_argument(
+        "--smooth",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="Gaussian smoothing of the output over time, standard deviation in seconds (default 0: off; "
+        "see docs/predict.md for what it does to CCC)",
+    )
+    g.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="features.KEY=VALUE",
+        help="repoint a front-end weight file that moved since training, e.g. "
+        "--set features.iresnet_weights=/new/place/backbone.pth (only features.* keys; repeatable)",
+    )
+    f = p.add_argument_group("face detection and tracking (dlib)")
+    f.add_argument(
+        "--detect-every",
+        type=int,
+        default=5,
+        metavar="K",
+        help="run the face detector every K-th frame and track the face in between (default 5; 1: every frame)",
+    )
+    f.add_argument(
+        "--subject",
+        type=_subject,
+        default="largest",
+        metavar="WHO",
+        help="whose face to follow when several are visible: largest (default; re-picked after the face "
+        "is lost), first (the first face found, followed by position), or N (the N-th face from the "
+        "left, 0-based)",
+    )
+    f.add_argument(
+        "--detector",
+        default="hog",
+        choices=["hog", "cnn"],
+        help="hog (default, fast) or cnn (dlib MMOD: more robust to pose, ~100x slower on CPU)",
+    )
+    f.add_argument(
+        "--detect-size",
+        type=int,
+        default=640,
+        metavar="PX",
+        help="the detector sees frames shrunk to this longer side (default 640); raise it for small faces",
+    )
+    c = p.add_argument_group("common options")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--verbose", action="store_true", help="show full tracebacks on errors")
+
+
+def _predictor(args: argparse.Namespace):
+    from vafusion.predict import Predictor
+
+    if args.model is None:
+        raise VafusionError(
+            None, "no model given", "pass --model RUN (a run directory from `vafusion cv` or `vafusion demo`)"
+        )
+    return Predictor.from_run(
+        args.model,
+        which=args.which,
+        fold=args.fold,
+        feature_overrides=args.overrides,
+        backend=args.backend,
+        smooth=args.smooth,
+        detect_every=args.detect_every,
+        subject=args.subject,
+        detector=args.detector,
+        detect_size=args.detect_size,
+        progress=not args.quiet,
+    )
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from vafusion.predict import predict_to_files
+
+    predictor = _predictor(args)
+    folds = ", ".join(str(m.fold) for m in predictor.models)
+    if not args.quiet:
+        print(
+            f"model: {args.model} ({args.which}, fold {folds}; streams "
+            f"{', '.join(f'{r}={e}' for r, e in predictor.streams.items())})"
+        )
+    failed: list[str] = []
+    for video in args.videos:
+        t0 = time.perf_counter()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                prediction, files = predict_to_files(
+                    predictor,
+                    video,
+                    args.out,
+                    overlay=args.overlay,
+                    plot=not args.no_plot,
+                    progress=not args.quiet,
+                )
+        except VafusionError as exc:
+            failed.append(exc.one_line())
+            if args.verbose:
+                raise
+            print(f"vafusion: error: {exc.one_line()}", file=sys.stderr)
+            continue
+        for w in caught:
+            if issubclass(w.category, UserWarning) and str(w.message).startswith(str(video)):
+                print(f"vafusion: warning: {w.message}", file=sys.stderr)
+        table, vf = prediction.table, prediction.features
+        secs = time.perf_counter() - t0
+        media = float(vf.times[-1]) + 1.0 / max(vf.fps, 1e-6) if vf.length else 0.0
+        print(
+            f"{video}: {len(table)} frames, face in {100 * table['face'].mean():.0f} %, "
+            f"audio {'none' if not vf.audio_seconds else f'{vf.audio_seconds:.1f} s'}; "
+            f"{secs:.1f} s ({secs / media if media else 0:.2f} x real time) -> "
+            f"{', '.join(str(p) for p in files.values())}"
+        )
+    if failed and len(args.videos) > 1:
+        print(f"{len(failed)} of {len(args.videos)} videos failed:", file=sys.stderr)
+        for line in failed:
+            print(f"  {line}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from vafusion.submit import check_submission, frame_counts, read_video_list, write_submission
+
+    if args.data is None or args.videos is None:
+        raise VafusionError(
+            None, "--data and --videos are required", "pass the Aff-Wild2 root and the test-set list"
+        )
+    names = read_video_list(args.videos)
+    if args.check is not None:
+        counts = frame_counts(args.data, names)
+        result = check_submission(args.check, counts)
+        print(f"{args.check}: valid ({result['videos']} videos, {result['rows']} rows)")
+        return 0
+    if args.out is None:
+        raise VafusionError(None, "no output file given", "pass --out FILE (or --check FILE to validate one)")
+    predictor = _predictor(args)
+    t0 = time.perf_counter()
+    summary = write_submission(predictor, args.data, names, args.out, progress=not args.quiet)
+    for key, items in summary.notes.items():
+        print(f"  {key}: {len(items)} — {', '.join(items[:4])}{' …' if len(items) > 4 else ''}")
+    print(
+        f"wrote {summary.path}: {summary.videos} videos, {summary.rows} rows (faces from crops: "
+        f"{len(summary.from_crops)}, detected in the video: {len(summary.from_video)}, reused: "
+        f"{len(summary.reused)}) in {time.perf_counter() - t0:.1f} s; checked against the frame counts"
+    )
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``predict`` and ``submit``."""
+    p = sub.add_parser(
+        "predict",
+        help="per-frame valence/arousal for any video file(s)",
+        description="For each VIDEO write OUT/<stem>.csv (frame,time,valence,arousal,face: one row per decoded "
+        "frame, frame numbered from 1, time in seconds from the stream's timestamps, face=1 where the "
+        "subject's face was found) and OUT/<stem>.png (VA over time, frames without a face shaded). "
+        "Any container/codec FFmpeg reads, any frame rate (variable too), rotation metadata applied, "
+        "any audio rate/channels or no audio. Frames and audio are streamed, so long videos need "
+        "little memory (docs/predict.md).",
+    )
+    p.add_argument("videos", nargs="+", type=Path, metavar="VIDEO", help="video file(s)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("predictions"),
+        metavar="DIR",
+        help="output folder, created (default: predictions)",
+    )
+    p.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write OUT/<stem>_overlay.mp4: the video with the face box, the VA trace of the last "
+        "10 s and a valence-arousal dot drawn on it (audio kept)",
+    )
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    _add_model_options(p, required=True)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "submit",
+        help="ABAW VA test-set predictions in the challenge's submission format",
+        description="Predict every video named in the challenge's test-set list and write one file: header "
+        "image_location,valence,arousal, then <name>/00001.jpg,v,a for every frame of every listed "
+        "video (_left/_right names included, frames without a face included, values clipped to "
+        "[-1, 1]). Faces come from cropped_aligned/<name> like `vafusion extract`, or are detected in "
+        "the video where the crop folder is missing. The finished file is checked against the videos' "
+        "frame counts; --check FILE checks an existing file only.",
+    )
+    p.add_argument("--data", type=Path, metavar="ROOT", help="Aff-Wild2 root (videos/, cropped_aligned/)")
+    p.add_argument(
+        "--videos",
+        type=Path,
+        metavar="LIST",
+        help="Valence_Arousal_Estimation_Challenge_test_set_release.txt (one name per line)",
+    )
+    p.add_argument("--out", type=Path, metavar="FILE", help="submission file to write")
+    p.add_argument(
+        "--check",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help="only validate FILE against the listed videos' frame counts (needs --data and --videos)",
+    )
+    _add_model_options(p, required=False)
+    p.set_defaults(func=cmd_submit)
