@@ -4,6 +4,7 @@ Timing rule: the CPU is often shared, so absolute figures drift with other work.
 timed in interleaved rounds (A, B, C, A, B, C, ...) inside one process; ratios are taken within a round
 and the median over rounds is reported, next to the load average seen while measuring.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,21 +64,37 @@ def machine() -> dict:
             mem_gib = round(int(fh.readline().split()[1]) / 2**20, 1)
     except (OSError, ValueError, IndexError):
         pass
-    return {"cpu": info.model, "flags": info.shown_flags(), "bf16_native": info.bf16, "vnni": info.vnni,
-            "torch_capability": info.torch_capability, "torch_threads": info.threads,
-            "logical_cpus": info.logical_cpus, "memory_gib": mem_gib, "platform": platform.platform(),
-            "versions": versions, "load": load_text()}
+    return {
+        "cpu": info.model,
+        "flags": info.shown_flags(),
+        "bf16_native": info.bf16,
+        "vnni": info.vnni,
+        "torch_capability": info.torch_capability,
+        "torch_threads": info.threads,
+        "logical_cpus": info.logical_cpus,
+        "memory_gib": mem_gib,
+        "platform": platform.platform(),
+        "versions": versions,
+        "load": load_text(),
+    }
 
 
 def machine_markdown(m: dict) -> str:
     """The machine as a small markdown table."""
-    rows = [("CPU", m["cpu"]), ("flags detected", " ".join(m["flags"]) or "none"),
-            ("native bf16 / int8 dot products", f"{'yes' if m['bf16_native'] else 'no'} / {'yes' if m['vnni'] else 'no'}"),
-            ("torch CPU capability", m["torch_capability"]),
-            ("threads", f"{m['torch_threads']} torch threads, {m['logical_cpus']} logical CPUs"),
-            ("memory", f"{m['memory_gib']} GiB"), ("platform", m["platform"]),
-            ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())),
-            ("load average at start (1/5/15 min)", m["load"])]
+    rows = [
+        ("CPU", m["cpu"]),
+        ("flags detected", " ".join(m["flags"]) or "none"),
+        (
+            "native bf16 / int8 dot products",
+            f"{'yes' if m['bf16_native'] else 'no'} / {'yes' if m['vnni'] else 'no'}",
+        ),
+        ("torch CPU capability", m["torch_capability"]),
+        ("threads", f"{m['torch_threads']} torch threads, {m['logical_cpus']} logical CPUs"),
+        ("memory", f"{m['memory_gib']} GiB"),
+        ("platform", m["platform"]),
+        ("versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items())),
+        ("load average at start (1/5/15 min)", m["load"]),
+    ]
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
@@ -172,7 +189,6 @@ class DemoEval:
 
     def __init__(self, run: Path = DEMO) -> None:
         import pandas as pd
-
         from omegaconf import OmegaConf
 
         from vafusion.config import CVConfig
@@ -186,8 +202,10 @@ class DemoEval:
         self.folds = pd.read_csv(run / "folds.csv")
         self.streams = demo_streams(run)
         corpus = scan(run / "data").by_name()
-        self.seqs = {n: load_sequence(corpus[n], run / "features", self.streams, list(self.streams))
-                     for n in self.folds["name"]}
+        self.seqs = {
+            n: load_sequence(corpus[n], run / "features", self.streams, list(self.streams))
+            for n in self.folds["name"]
+        }
         self.fold_ids = sorted(int(f) for f in self.folds["fold"].unique())
         self._models: dict[tuple[str, int], tuple] = {}
 
@@ -211,12 +229,16 @@ class DemoEval:
             net, norm, roles = self.model(name, fold)
             names = self.folds.loc[self.folds["fold"] == fold, "name"].tolist()
             seqs = [transform(self.seqs[n]) if transform else self.seqs[n] for n in names]
-            seqs = [replace(s, feats={r: s.feats[r] for r in roles}, valid={r: s.valid[r] for r in roles})
-                    for s in seqs]
+            seqs = [
+                replace(s, feats={r: s.feats[r] for r in roles}, valid={r: s.valid[r] for r in roles})
+                for s in seqs
+            ]
             with torch.inference_mode(), torch_threads(1):
                 result, _ = evaluate(net, norm, seqs, self.window, self.hop)
             per_fold.append(result)
-        return {"valence": float(np.mean([r["valence"] for r in per_fold])),
-                "arousal": float(np.mean([r["arousal"] for r in per_fold])),
-                "P": float(np.mean([r["mean"] for r in per_fold])),
-                "P_per_fold": [round(float(r["mean"]), 4) for r in per_fold]}
+        return {
+            "valence": float(np.mean([r["valence"] for r in per_fold])),
+            "arousal": float(np.mean([r["arousal"] for r in per_fold])),
+            "P": float(np.mean([r["mean"] for r in per_fold])),
+            "P_per_fold": [round(float(r["mean"]), 4) for r in per_fold],
+        }

@@ -16,6 +16,7 @@ CCC vs hop: the demo's logmel stream is recomputed at each hop (``LogMelExtracto
 0, h, 2h, ...), interpolated linearly to the frame times (``vafusion.accel.resample_rows``) and scored by
 the trained logmel and fusion fold models on their held-out folds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
 from _common import DEMO, DemoEval, Section, demo_ready, load_text, race, table
 from face_encoding import count_macs
+from torch import nn
+
 from vafusion.accel import resample_rows
 from vafusion.features.extractors import LogMelExtractor, VGGishExtractor
 from vafusion.features.vggish import VGGish, log_mel_spectrogram
@@ -75,12 +76,17 @@ def speed(rounds: int) -> tuple[list[str], dict]:
         vgg = _vggish_extractor(Path(tmp))
     gflop_example = 2 * count_macs(vgg.net, torch.zeros(1, 1, 96, 64)) / 1e9
     stats = LogMelExtractor()
-    cands = {"log-mel front end from 44.1 kHz": (lambda: log_mel_spectrogram(wave44, 44100), secs),
-             "log-mel front end from 16 kHz": (lambda: log_mel_spectrogram(wave16, 16000), secs)}
+    cands = {
+        "log-mel front end from 44.1 kHz": (lambda: log_mel_spectrogram(wave44, 44100), secs),
+        "log-mel front end from 16 kHz": (lambda: log_mel_spectrogram(wave16, 16000), secs),
+    }
     for hop, label in HOPS:
         times = np.arange(0.0, secs, hop)
         cands[f"VGGish, hop {label}"] = (lambda t=times: vgg.at_times(wave44, 44100, t), secs)
-    cands["LogMel stats stand-in, hop 1/fps"] = (lambda: stats.at_times(wave44, 44100, np.arange(0, secs, 1 / FPS)), secs)
+    cands["LogMel stats stand-in, hop 1/fps"] = (
+        lambda: stats.at_times(wave44, 44100, np.arange(0, secs, 1 / FPS)),
+        secs,
+    )
     res = race(cands, rounds)
     peak, conv_rows, peak_name = _conv_peak()
     base = f"VGGish, hop {HOPS[-1][1]}"
@@ -94,13 +100,18 @@ def speed(rounds: int) -> tuple[list[str], dict]:
             extra = [f"{gflops:.0f}", f"{100 * gflops / peak:.0f} %"]
         ratio = f"{res.ratio(name, base):.1f}x" if name.startswith("VGGish") else "—"
         rows.append([name, f"{r:.1f}", ratio, *extra])
-    md = [f"Seconds of audio processed per second of wall time (6 s of noise at 44.1 kHz unless noted; "
-          f"medians of {rounds} interleaved rounds, {res.load_range()}). VGGish costs "
-          f"{gflop_example:.2f} GFLOP per 0.96 s example (counted), so its cost scales with 1/hop; "
-          f"peak = `{peak_name}` fp32 channels-last at {peak:.0f} GFLOP/s.", "",
-          table(["front end", "s audio / s", "× VGGish at 1/fps", "GFLOP/s", "% of fp32 conv peak"], rows), "",
-          "Bare convolutions (3x3, batch 64, fp32, channels-last), GFLOP/s:", "",
-          table(["convolution", "GFLOP/s"], conv_rows)]
+    md = [
+        f"Seconds of audio processed per second of wall time (6 s of noise at 44.1 kHz unless noted; "
+        f"medians of {rounds} interleaved rounds, {res.load_range()}). VGGish costs "
+        f"{gflop_example:.2f} GFLOP per 0.96 s example (counted), so its cost scales with 1/hop; "
+        f"peak = `{peak_name}` fp32 channels-last at {peak:.0f} GFLOP/s.",
+        "",
+        table(["front end", "s audio / s", "× VGGish at 1/fps", "GFLOP/s", "% of fp32 conv peak"], rows),
+        "",
+        "Bare convolutions (3x3, batch 64, fp32, channels-last), GFLOP/s:",
+        "",
+        table(["convolution", "GFLOP/s"], conv_rows),
+    ]
     data = {"rates": res.rates, "loads": res.loads, "gflop_per_example": gflop_example, "peak_gflops": peak}
     return md, data
 
@@ -132,29 +143,43 @@ def ccc_vs_hop() -> tuple[list[str], dict]:
     for name, seq in ev.seqs.items():
         ff = read_features(feature_path(DEMO / "features", ev.streams["logmel"], name))
         got = read_audio(corpus_videos[seq.video_id], sample_rate=None)
-        times = ff.times[:seq.length]
+        times = ff.times[: seq.length]
         if got is None or got[0].size == 0:
             audio[name] = (None, 0, times)
             continue
         audio[name] = (got[0], got[1], times)
         again, _ = ext.at_times(got[0], got[1], times)
-        check = max(check, float(np.abs(again - ff.features[:len(times)]).max()))
+        check = max(check, float(np.abs(again - ff.features[: len(times)]).max()))
     scores = {m: {} for m in ("logmel", "fusion")}
     for hop, label in HOPS:
         tr = hop_transform(audio, hop, ext)
         for m in scores:
             scores[m][label] = ev.score(m, tr)
     base = HOPS[-1][1]
-    rows = [[label, f"{scores['logmel'][label]['P']:.4f}", f"{scores['logmel'][label]['P'] - scores['logmel'][base]['P']:+.4f}",
-             f"{scores['fusion'][label]['P']:.4f}", f"{scores['fusion'][label]['P'] - scores['fusion'][base]['P']:+.4f}"]
-            for _, label in HOPS]
-    ok = [(hop, label) for hop, label in HOPS
-          if all(scores[m][base]["P"] - scores[m][label]["P"] <= TOLERANCE for m in scores)]
+    rows = [
+        [
+            label,
+            f"{scores['logmel'][label]['P']:.4f}",
+            f"{scores['logmel'][label]['P'] - scores['logmel'][base]['P']:+.4f}",
+            f"{scores['fusion'][label]['P']:.4f}",
+            f"{scores['fusion'][label]['P'] - scores['fusion'][base]['P']:+.4f}",
+        ]
+        for _, label in HOPS
+    ]
+    ok = [
+        (hop, label)
+        for hop, label in HOPS
+        if all(scores[m][base]["P"] - scores[m][label]["P"] <= TOLERANCE for m in scores)
+    ]
     pick = max(ok)[1]
-    md = [f"CCC vs hop on the held-out folds of `runs/demo` (logmel stream = the weight-free band statistics; "
-          f"recomputing at 1/fps reproduces the stored features to {check:.1e}; Δ vs 1/fps):", "",
-          table(["hop", "logmel P", "Δ logmel", "fusion P", "Δ fusion"], rows), "",
-          f"Largest hop costing at most {TOLERANCE} P on both models: **{pick}** ({load_text()} when done)."]
+    md = [
+        f"CCC vs hop on the held-out folds of `runs/demo` (logmel stream = the weight-free band statistics; "
+        f"recomputing at 1/fps reproduces the stored features to {check:.1e}; Δ vs 1/fps):",
+        "",
+        table(["hop", "logmel P", "Δ logmel", "fusion P", "Δ fusion"], rows),
+        "",
+        f"Largest hop costing at most {TOLERANCE} P on both models: **{pick}** ({load_text()} when done).",
+    ]
     return md, {"scores": scores, "pick": pick, "reproduction_max_abs": check}
 
 

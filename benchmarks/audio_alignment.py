@@ -188,7 +188,8 @@ def report(table: pd.DataFrame, variants: list[str], seeds: list[int], facts: li
             lines.append(f"| {m} | {v} | {part['valence'].mean():.4f} | {part['arousal'].mean():.4f} | "
                          f"{part['mean'].mean():.4f} | {part['mean'].min():.4f}..{part['mean'].max():.4f} | "
                          f"{' '.join(f'{x:.3f}' for x in first)} |")
-    lines += ["", "| variant | examples encoded per s of audio | store build s | cv s (all seeds) |", "|---|---|---|---|"]
+    lines += ["", "| variant | examples encoded per s of audio | store build s | cv s (this invocation) |",
+              "|---|---|---|---|"]
     lines += [f"| {f['variant']} | {f['examples_per_audio_second']} | {f['seconds']} | {f.get('cv_seconds')} |"
               for f in facts]
     lines += ["", "Commands:", "", "```"] + commands + ["```", ""]

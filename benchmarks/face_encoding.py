@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/face_encoding.py             # 3 interleaved rounds
     .venv/bin/python benchmarks/face_encoding.py --quick     # 2 rounds
-    .venv/bin/python benchmarks/face_encoding.py --int8      # also ONNX Runtime static int8 (about 2 min more)
+    .venv/bin/python benchmarks/face_encoding.py --int8      # also ONNX Runtime static int8 (minutes more)
 
 * naive: fp32, NCHW, one face at a time, ``torch.no_grad``;
 * candidates: torch channels-last fp32 / bf16 (BatchNorms folded, batched, ``inference_mode``) and ONNX
@@ -17,6 +17,7 @@ Accuracy uses a fixed-seed IResNet-50 (He-initialised, BatchNorm statistics fitt
 activations have trained-network scale) on 32 other demo crops: max |difference| and cosine to the fp32
 reference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import DEMO, Section, load_text, machine, race, table, torch_threads
 from torch import nn
 
-from _common import DEMO, Section, load_text, machine, race, table, torch_threads
 from vafusion import accel
 from vafusion.features.iresnet import IResNet, iresnet, preprocess
 
@@ -58,7 +59,9 @@ def count_macs(net: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def demo_crops(n: int, seed: int = 0, folder: Path = DEMO / "data" / "cropped_aligned") -> tuple[np.ndarray, str]:
+def demo_crops(
+    n: int, seed: int = 0, folder: Path = DEMO / "data" / "cropped_aligned"
+) -> tuple[np.ndarray, str]:
     """``n`` aligned face crops: sampled from ``folder/<video>/*.jpg``, or rendered when there are too few."""
     import cv2
 
@@ -92,7 +95,7 @@ def reference_net(calibration: np.ndarray, arch: str = "iresnet50", seed: int = 
     net.train()
     with torch.no_grad():
         for i in range(0, len(calibration), 64):
-            net(preprocess(calibration[i:i + 64]))
+            net(preprocess(calibration[i : i + 64]))
     return net.eval()
 
 
@@ -104,8 +107,15 @@ def _onnx_conv(c: int, hw: int, threads: int):
     blob = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(conv, (torch.zeros(BATCH, c, hw, hw),), blob, input_names=["x"], output_names=["y"],
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(
+            conv,
+            (torch.zeros(BATCH, c, hw, hw),),
+            blob,
+            input_names=["x"],
+            output_names=["y"],
+            opset_version=17,
+            dynamo=False,
+        )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -122,7 +132,12 @@ def conv_candidates(precisions: list[str], with_ort: bool) -> dict[str, tuple]:
         gflop = 2 * BATCH * c * c * 9 * hw * hw / 1e9
         for prec in precisions:
             dtype = torch.bfloat16 if prec == "bf16" else torch.float32
-            conv = nn.Conv2d(c, c, 3, padding=1, bias=False).eval().to(dtype).to(memory_format=torch.channels_last)
+            conv = (
+                nn.Conv2d(c, c, 3, padding=1, bias=False)
+                .eval()
+                .to(dtype)
+                .to(memory_format=torch.channels_last)
+            )
             x = torch.randn(BATCH, c, hw, hw).to(dtype).contiguous(memory_format=torch.channels_last)
 
             def run(conv=conv, x=x) -> None:
@@ -140,7 +155,7 @@ def naive_encoder(net: nn.Module):
 
     def run(crops: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return np.concatenate([net(preprocess(crops[i:i + 1])).numpy() for i in range(len(crops))])
+            return np.concatenate([net(preprocess(crops[i : i + 1])).numpy() for i in range(len(crops))])
 
     return run
 
@@ -155,7 +170,9 @@ def int8_encoder(net: nn.Module, calibration: np.ndarray):
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter({"faces": preprocess(calibration[i:i + 32]).numpy()} for i in range(0, len(calibration), 32))
+            self.it = iter(
+                {"faces": preprocess(calibration[i : i + 32]).numpy()} for i in range(0, len(calibration), 32)
+            )
 
         def get_next(self) -> dict | None:
             return next(self.it, None)
@@ -165,12 +182,26 @@ def int8_encoder(net: nn.Module, calibration: np.ndarray):
         model = copy.deepcopy(net).eval()
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.zeros(2, 3, 112, 112),), str(src), input_names=["faces"],
-                              output_names=["emb"], dynamic_axes={"faces": {0: "n"}, "emb": {0: "n"}},
-                              opset_version=17, dynamo=False)
+            torch.onnx.export(
+                model,
+                (torch.zeros(2, 3, 112, 112),),
+                str(src),
+                input_names=["faces"],
+                output_names=["emb"],
+                dynamic_axes={"faces": {0: "n"}, "emb": {0: "n"}},
+                opset_version=17,
+                dynamo=False,
+            )
             quant_pre_process(str(src), str(pre))
-            quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            quantize_static(
+                str(pre),
+                str(dst),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         opts.log_severity_level = 3
@@ -178,8 +209,12 @@ def int8_encoder(net: nn.Module, calibration: np.ndarray):
         sess = ort.InferenceSession(str(dst), opts, providers=["CPUExecutionProvider"])
 
     def run(crops: np.ndarray) -> np.ndarray:
-        return np.concatenate([sess.run(None, {"faces": preprocess(crops[i:i + BATCH]).numpy()})[0]
-                               for i in range(0, len(crops), BATCH)])
+        return np.concatenate(
+            [
+                sess.run(None, {"faces": preprocess(crops[i : i + BATCH]).numpy()})[0]
+                for i in range(0, len(crops), BATCH)
+            ]
+        )
 
     return run
 
@@ -193,15 +228,21 @@ def accuracy(out: np.ndarray, ref: np.ndarray) -> dict:
     """Max |difference|, that relative to max |reference|, and the lowest / mean cosine similarity."""
     cos = (out * ref).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1))
     diff = float(np.abs(out - ref).max())
-    return {"max_abs": diff, "max_rel": diff / float(np.abs(ref).max()), "cos_min": float(cos.min()),
-            "cos_mean": float(cos.mean())}
+    return {
+        "max_abs": diff,
+        "max_rel": diff / float(np.abs(ref).max()),
+        "cos_min": float(cos.min()),
+        "cos_mean": float(cos.mean()),
+    }
 
 
-def run(rounds: int = 3, with_int8: bool = False, crops_dir: Path = DEMO / "data" / "cropped_aligned") -> Section:
+def run(
+    rounds: int = 3, with_int8: bool = False, crops_dir: Path = DEMO / "data" / "cropped_aligned"
+) -> Section:
     """Everything above; returns the RESULTS.md section."""
     info = accel.cpu_info()
     crops, source = demo_crops(N_CALIB + N_TEST + BATCH, folder=crops_dir)
-    calib, test, timing = crops[:N_CALIB], crops[N_CALIB:N_CALIB + N_TEST], crops[N_CALIB + N_TEST:]
+    calib, test, timing = crops[:N_CALIB], crops[N_CALIB : N_CALIB + N_TEST], crops[N_CALIB + N_TEST :]
     net = reference_net(calib)
     macs = count_macs(net, torch.zeros(1, 3, 112, 112))
     gflop_face = 2 * macs / 1e9
@@ -246,10 +287,20 @@ def run(rounds: int = 3, with_int8: bool = False, crops_dir: Path = DEMO / "data
         t2 = time.perf_counter()
         enc8 = int8_encoder(net, calib)
         build_s = time.perf_counter() - t2
-        r8 = race({"onnxruntime int8": (lambda: enc8(timing), BATCH),
-                   "torch fp32": (lambda: paths["torch fp32"](timing), BATCH)}, rounds)
-        int8 = {"faces_per_s": r8.median("onnxruntime int8"), "x_fp32": r8.ratio("onnxruntime int8", "torch fp32"),
-                "build_s": build_s, "load": r8.load_range(), **accuracy(enc8(test), ref)}
+        r8 = race(
+            {
+                "onnxruntime int8": (lambda: enc8(timing), BATCH),
+                "torch fp32": (lambda: paths["torch fp32"](timing), BATCH),
+            },
+            rounds,
+        )
+        int8 = {
+            "faces_per_s": r8.median("onnxruntime int8"),
+            "x_fp32": r8.ratio("onnxruntime int8", "torch fp32"),
+            "build_s": build_s,
+            "load": r8.load_range(),
+            **accuracy(enc8(test), ref),
+        }
 
     conv_rates = {k: res.median(k) for k in convs}
     peak_name = max(conv_rates, key=conv_rates.get)
@@ -260,40 +311,86 @@ def run(rounds: int = 3, with_int8: bool = False, crops_dir: Path = DEMO / "data
     rows = []
     for name in cands:
         f = res.median(name)
-        rows.append([name, f"{f:.2f}", f"{res.ratio(name, naive_key):.2f}x",
-                     f"{100 * f / peak_faces:.0f} %", f"{100 * f * gflop_face / fp32_peak:.0f} %"])
+        pct = (
+            ["—", "—"]
+            if name.endswith("1 thread")
+            else [f"{100 * f / peak_faces:.0f} %", f"{100 * f * gflop_face / fp32_peak:.0f} %"]
+        )
+        rows.append([name, f"{f:.2f}", f"{res.ratio(name, naive_key):.2f}x", *pct])
     if emulated is not None:
         rows.append(["torch bf16 without native bf16 (1 face)", f"{emulated:.3f}", "—", "—", "—"])
     speed = res.median("vafusion (auto)")
-    headline = (f"**{speed:.1f} faces/s = {res.ratio('vafusion (auto)', naive_key):.1f} × naive = "
-                f"{100 * speed / peak_faces:.0f} % of peak** ({auto.path.precision}, {auto.path.backend}; "
-                f"peak {peak:.0f} GFLOP/s = {peak_faces:.1f} faces/s from `{peak_name}`; {res.load_range()})")
+    headline = (
+        f"**{speed:.1f} faces/s = {res.ratio('vafusion (auto)', naive_key):.1f} × naive = "
+        f"{100 * speed / peak_faces:.0f} % of peak** ({auto.path.precision}, {auto.path.backend}; "
+        f"peak {peak:.0f} GFLOP/s = {peak_faces:.1f} faces/s from `{peak_name}`; {res.load_range()})"
+    )
     conv_rows = [[k, f"{v:.0f}"] for k, v in conv_rates.items()]
-    acc_rows = [[k, f"{a['max_abs']:.2e}", f"{a['max_rel']:.2e}", f"{a['cos_min']:.6f}", f"{a['cos_mean']:.6f}"]
-                for k, a in acc.items()]
+    acc_rows = [
+        [k, f"{a['max_abs']:.2e}", f"{a['max_rel']:.2e}", f"{a['cos_min']:.6f}", f"{a['cos_mean']:.6f}"]
+        for k, a in acc.items()
+    ]
     if int8:
-        acc_rows.append(["onnxruntime int8 (static, QDQ)", f"{int8['max_abs']:.2e}", f"{int8['max_rel']:.2e}",
-                         f"{int8['cos_min']:.6f}", f"{int8['cos_mean']:.6f}"])
-    md = [headline, "",
-          f"CPU: {info.summary()}. IResNet-50 costs {gflop_face:.2f} GFLOP per face (counted). Medians of "
-          f"{rounds} interleaved rounds; ratios are within-round medians. Timing crops: {source}.", "",
-          table(["path", "faces/s", "× naive", "% of peak", "% of fp32 conv peak"], rows), "",
-          f"Choice: {auto.path.reason} (took {choose_s:.1f} s, once per process).", "",
-          "Pure-convolution peak (3x3, stride 1, batch 32, channels-last), GFLOP/s:", "",
-          table(["convolution", "GFLOP/s"], conv_rows), "",
-          f"Accuracy against the fp32 reference ({N_TEST} demo crops, fixed-seed IResNet-50 with fitted BatchNorm "
-          "statistics; embeddings have max |value| "
-          f"{np.abs(ref).max():.2f}, std {ref.std():.2f}):", "",
-          table(["path", "max abs diff", "relative to max |ref|", "min cosine", "mean cosine"], acc_rows)]
+        acc_rows.append(
+            [
+                "onnxruntime int8 (static, QDQ)",
+                f"{int8['max_abs']:.2e}",
+                f"{int8['max_rel']:.2e}",
+                f"{int8['cos_min']:.6f}",
+                f"{int8['cos_mean']:.6f}",
+            ]
+        )
+    md = [
+        headline,
+        "",
+        f"CPU: {info.summary()}. IResNet-50 costs {gflop_face:.2f} GFLOP per face (counted). Medians of "
+        f"{rounds} interleaved rounds; ratios are within-round medians. Timing crops: {source}.",
+        "",
+        table(["path", "faces/s", "× naive", "% of peak", "% of fp32 conv peak"], rows),
+        "",
+        f"Choice: {auto.path.reason} (took {choose_s:.1f} s, once per process). Peaks are measured with "
+        f"{torch.get_num_threads()} torch threads, so the 1-thread row has no % of peak.",
+        "",
+        "Pure-convolution peak (3x3, stride 1, batch 32, channels-last), GFLOP/s:",
+        "",
+        table(["convolution", "GFLOP/s"], conv_rows),
+        "",
+        f"Accuracy against the fp32 reference ({N_TEST} demo crops, fixed-seed IResNet-50 with fitted "
+        "BatchNorm "
+        "statistics; embeddings have max |value| "
+        f"{np.abs(ref).max():.2f}, std {ref.std():.2f}):",
+        "",
+        table(["path", "max abs diff", "relative to max |ref|", "min cosine", "mean cosine"], acc_rows),
+    ]
     if int8:
-        md += ["", f"ONNX Runtime static int8: {int8['faces_per_s']:.2f} faces/s = {int8['x_fp32']:.2f} × torch fp32 "
-               f"({int8['load']}); quantising took {int8['build_s']:.0f} s. Not used: see the accuracy row."]
-    data = {"gflop_per_face": gflop_face, "rounds": rounds, "rates": res.rates, "loads": res.loads,
-            "peak_gflops": peak, "peak_source": peak_name, "fp32_peak_gflops": fp32_peak,
-            "vafusion": {"faces_per_s": speed, "x_naive": res.ratio("vafusion (auto)", naive_key),
-                         "pct_peak": 100 * speed / peak_faces, "precision": auto.path.precision,
-                         "backend": auto.path.backend, "reason": auto.path.reason, "choose_s": choose_s},
-            "bf16_emulated_faces_per_s": emulated, "accuracy": acc, "int8": int8, "load_end": load_text()}
+        md += [
+            "",
+            f"ONNX Runtime static int8: {int8['faces_per_s']:.2f} faces/s = "
+            f"{int8['x_fp32']:.2f} × torch fp32 "
+            f"({int8['load']}); quantising took {int8['build_s']:.0f} s. Not used: see the accuracy row.",
+        ]
+    data = {
+        "gflop_per_face": gflop_face,
+        "rounds": rounds,
+        "rates": res.rates,
+        "loads": res.loads,
+        "peak_gflops": peak,
+        "peak_source": peak_name,
+        "fp32_peak_gflops": fp32_peak,
+        "vafusion": {
+            "faces_per_s": speed,
+            "x_naive": res.ratio("vafusion (auto)", naive_key),
+            "pct_peak": 100 * speed / peak_faces,
+            "precision": auto.path.precision,
+            "backend": auto.path.backend,
+            "reason": auto.path.reason,
+            "choose_s": choose_s,
+        },
+        "bf16_emulated_faces_per_s": emulated,
+        "accuracy": acc,
+        "int8": int8,
+        "load_end": load_text(),
+    }
     return Section("Face encoding (IResNet-50, 112×112)", "\n".join(md), data)
 
 
@@ -301,8 +398,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds instead of 3")
     parser.add_argument("--int8", action="store_true", help="also quantise to int8 with ONNX Runtime (slow)")
-    parser.add_argument("--crops", type=Path, default=DEMO / "data" / "cropped_aligned",
-                        help="folder of <video>/<frame>.jpg crops (default: the demo's)")
+    parser.add_argument(
+        "--crops",
+        type=Path,
+        default=DEMO / "data" / "cropped_aligned",
+        help="folder of <video>/<frame>.jpg crops (default: the demo's)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:

@@ -2,20 +2,21 @@
 
 Three steps, so the expensive encoding can run on another (bigger) machine:
 
-    .venv/bin/python benchmarks/face_precision_ccc.py pack --stride 3            # anchor crops -> runs/bench_carry/crops
+    .venv/bin/python benchmarks/face_precision_ccc.py pack --stride 3     # crops -> runs/bench_carry/crops
     python benchmarks/face_precision_ccc.py encode --crops runs/bench_carry/crops --out DIR
     .venv/bin/python benchmarks/face_precision_ccc.py score --embeddings DIR     # needs runs/demo
 
 * pack: copies the crops that ``face_stride=k`` extraction would encode (``anchor_rows``) from the demo;
 * encode: a fixed-seed IResNet-50 (He-initialised, BatchNorm statistics fitted on 128 of those crops, as in
   ``face_encoding.py``) encodes every crop twice: the fp32 reference (the torch fp32 path, checked against
-  the plain network on one batch) and ``FaceEncoder``'s automatic path; writes ``embeddings_fp32.npz`` / ``embeddings_fast.npz`` and the
-  faces/s of both over the whole set;
+  the plain network on one batch) and ``FaceEncoder``'s automatic path; writes ``embeddings_fp32.npz``,
+  ``embeddings_fast.npz`` and the faces/s of both over the whole set;
 * score: fills the other frames by interpolation (``fill_between_anchors``), trains the visual-only model
   on fold 0 of the demo (the project's ``fit``) with the fp32 features, and reports its CCC on the held-out
   fold with fp32 and with fast features (same model: the precision's effect alone), then trains on the
   fast features too (precision + training noise).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import DEMO, REPO, Section, load_text, table, torch_threads
+
 from vafusion import accel
 
 CARRY = REPO / "runs" / "bench_carry" / "crops"
@@ -55,8 +56,8 @@ def pack(stride: int, out: Path) -> int:
 def encode(crops_dir: Path, out: Path, batch: int = 64) -> dict:
     """Embeddings of every crop under ``crops_dir`` by the fp32 reference and by the automatic path."""
     import cv2
-
     from face_encoding import demo_crops, reference_net
+
     from vafusion.features.iresnet import preprocess
 
     files = sorted(crops_dir.glob("*/*.jpg"))
@@ -78,21 +79,32 @@ def encode(crops_dir: Path, out: Path, batch: int = 64) -> dict:
     np.savez(out / "embeddings_fp32.npz", names=names, emb=ref)
     np.savez(out / "embeddings_fast.npz", names=names, emb=emb)
     cos = (emb * ref).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
-    info = {"cpu": accel.cpu_info().summary(), "faces": len(files), "path": fast.path.reason,
-            "precision": fast.path.precision, "backend": fast.path.backend,
-            "fp32_reference_faces_per_s": len(files) / t_ref, "fast_faces_per_s": len(files) / t_fast,
-            "fp32_vs_plain_max_abs": float(np.abs(ref[:batch] - plain).max()),
-            "max_abs": float(np.abs(emb - ref).max()), "max_rel": float(np.abs(emb - ref).max() / np.abs(ref).max()),
-            "cos_min": float(cos.min()), "cos_mean": float(cos.mean()), "load": load_text()}
+    info = {
+        "cpu": accel.cpu_info().summary(),
+        "faces": len(files),
+        "path": fast.path.reason,
+        "precision": fast.path.precision,
+        "backend": fast.path.backend,
+        "fp32_reference_faces_per_s": len(files) / t_ref,
+        "fast_faces_per_s": len(files) / t_fast,
+        "fp32_vs_plain_max_abs": float(np.abs(ref[:batch] - plain).max()),
+        "max_abs": float(np.abs(emb - ref).max()),
+        "max_rel": float(np.abs(emb - ref).max() / np.abs(ref).max()),
+        "cos_min": float(cos.min()),
+        "cos_mean": float(cos.mean()),
+        "load": load_text(),
+    }
     (out / "encode.json").write_text(json.dumps(info, indent=1))
     return info
 
 
-def _features(emb_file: Path, ev, stride_present: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _features(
+    emb_file: Path, ev, stride_present: dict[str, np.ndarray]
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per sequence: (T, 512) features with the non-anchor frames interpolated, and validity."""
     z = np.load(emb_file)
     rows: dict[str, dict[int, np.ndarray]] = {}
-    for name, e in zip(z["names"], z["emb"]):
+    for name, e in zip(z["names"], z["emb"], strict=True):
         video, frame = str(name).split("/")
         rows.setdefault(video, {})[int(frame)] = e
     out = {}
@@ -111,6 +123,7 @@ def _features(emb_file: Path, ev, stride_present: dict[str, np.ndarray]) -> dict
 def score(emb_dir: Path, fold: int = 0) -> Section:
     """Train and score the visual model on fold ``fold`` with fp32 and fast embeddings."""
     from _common import DemoEval
+
     from vafusion.config import load_config
     from vafusion.train.cv import evaluate, inner_split
     from vafusion.train.fit import fit
@@ -120,8 +133,10 @@ def score(emb_dir: Path, fold: int = 0) -> Section:
     sets = {k: _features(emb_dir / f"embeddings_{k}.npz", ev, present) for k in ("fp32", "fast")}
 
     def seqs(kind: str, names: list[str]):
-        return [replace(ev.seqs[n], feats={"visual": sets[kind][n][0]}, valid={"visual": sets[kind][n][1]})
-                for n in names]
+        return [
+            replace(ev.seqs[n], feats={"visual": sets[kind][n][0]}, valid={"visual": sets[kind][n][1]})
+            for n in names
+        ]
 
     cfg = load_config(overrides=["train.accelerator=cpu"])
     test = ev.folds.loc[ev.folds["fold"] == fold, "name"].tolist()
@@ -140,22 +155,40 @@ def score(emb_dir: Path, fold: int = 0) -> Section:
                 r, _ = evaluate(nets[trained][0], nets[trained][1], seqs(feats, test), ev.window, ev.hop)
                 results[(trained, feats)] = r
     enc = json.loads((emb_dir / "encode.json").read_text())
-    rows = [[f"trained on {a}", f"scored on {b}", f"{r['valence']:.4f}", f"{r['arousal']:.4f}", f"{r['mean']:.4f}"]
-            for (a, b), r in results.items()]
+    rows = [
+        [
+            f"trained on {a}",
+            f"scored on {b}",
+            f"{r['valence']:.4f}",
+            f"{r['arousal']:.4f}",
+            f"{r['mean']:.4f}",
+        ]
+        for (a, b), r in results.items()
+    ]
     same = results[("fp32", "fast")]["mean"] - results[("fp32", "fp32")]["mean"]
     retrained = results[("fast", "fast")]["mean"] - results[("fp32", "fp32")]["mean"]
-    md = [f"Embeddings: {enc['faces']} anchor crops, fixed-seed IResNet-50, encoded on {enc['cpu']} "
-          f"({enc['load']}): fp32 reference {enc['fp32_reference_faces_per_s']:.1f} faces/s, vafusion "
-          f"({enc['precision']}, {enc['backend']}) {enc['fast_faces_per_s']:.1f} faces/s; max |diff| "
-          f"{enc['max_abs']:.3f} ({100 * enc['max_rel']:.1f} % of max |embedding|), cosine min {enc['cos_min']:.5f} "
-          f"mean {enc['cos_mean']:.5f}.", "",
-          f"Visual-only model, fold {fold} of `runs/demo` (trained with the project's `fit`, 1 thread):", "",
-          table(["model", "features", "CCC valence", "CCC arousal", "P"], rows), "",
-          f"Same model, fast instead of fp32 features: **ΔP = {same:+.4f}** (the precision's own effect; goal "
-          f"|ΔP| ≤ 0.002). Retrained on fast features: ΔP = {retrained:+.4f} (includes training noise). "
-          f"{load_text()} when done."]
-    data = {"encode": enc, "results": {f"{a}->{b}": r["mean"] for (a, b), r in results.items()},
-            "delta_same_model": same, "delta_retrained": retrained}
+    md = [
+        f"Embeddings: {enc['faces']} anchor crops, fixed-seed IResNet-50, encoded on {enc['cpu']} "
+        f"({enc['load']}): fp32 reference {enc['fp32_reference_faces_per_s']:.1f} faces/s, vafusion "
+        f"({enc['precision']}, {enc['backend']}) {enc['fast_faces_per_s']:.1f} faces/s; max |diff| "
+        f"{enc['max_abs']:.3f} ({100 * enc['max_rel']:.1f} % of max |embedding|), "
+        f"cosine min {enc['cos_min']:.5f} "
+        f"mean {enc['cos_mean']:.5f}.",
+        "",
+        f"Visual-only model, fold {fold} of `runs/demo` (trained with the project's `fit`, 1 thread):",
+        "",
+        table(["model", "features", "CCC valence", "CCC arousal", "P"], rows),
+        "",
+        f"Same model, fast instead of fp32 features: **ΔP = {same:+.4f}** (the precision's own effect; goal "
+        f"|ΔP| ≤ 0.002). Retrained on fast features: ΔP = {retrained:+.4f} (includes training noise). "
+        f"{load_text()} when done.",
+    ]
+    data = {
+        "encode": enc,
+        "results": {f"{a}->{b}": r["mean"] for (a, b), r in results.items()},
+        "delta_same_model": same,
+        "delta_retrained": retrained,
+    }
     return Section("Face precision: CCC effect", "\n".join(md), data)
 
 

@@ -11,6 +11,7 @@
 2. Detection stride (``FaceTrack(detect_every=k)``): frames/s of decode-free tracking on one demo video
    and how far its crops move from detecting on every frame (mean absolute pixel difference).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ import time
 from dataclasses import replace
 
 import numpy as np
-
 from _common import DEMO, DemoEval, Section, demo_ready, load_text, table
+
 from vafusion.accel import anchor_rows, fill_between_anchors
 
 STRIDES = (1, 2, 3, 5)
@@ -64,10 +65,16 @@ def tracking(frames_limit: int) -> tuple[list[list[object]], dict]:
         t0 = time.perf_counter()
         crops[k] = [f.crop for f in track.process(frames)]
         fps = len(frames) / (time.perf_counter() - t0)
-        both = [(a, b) for a, b in zip(crops[1], crops[k]) if a is not None and b is not None]
-        diff = float(np.mean([np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() for a, b in both])) if both else None
+        both = [(a, b) for a, b in zip(crops[1], crops[k], strict=True) if a is not None and b is not None]
+        diff = (
+            float(np.mean([np.abs(a.astype(np.int16) - b.astype(np.int16)).mean() for a, b in both]))
+            if both
+            else None
+        )
         found = sum(c is not None for c in crops[k]) / len(frames)
-        rows.append([k, f"{fps:.1f}", f"{100 * found:.0f} %", "—" if diff is None else f"{diff:.2f}", load_text()])
+        rows.append(
+            [k, f"{fps:.1f}", f"{100 * found:.0f} %", "—" if diff is None else f"{diff:.2f}", load_text()]
+        )
         data[k] = {"frames_per_s": fps, "found": found, "crop_mad": diff}
     return rows, {"video": video.name, "frames": len(frames), "per_k": data}
 
@@ -89,17 +96,30 @@ def run(quick: bool = False) -> Section:
     ok = [k for k in STRIDES if all(scores[m][1]["P"] - scores[m][k]["P"] <= TOLERANCE for m in scores)]
     pick = max(ok)
     track_rows, track = tracking(90 if quick else 150)
-    md = [f"Encoding stride, CCC on the held-out folds of `runs/demo` (mean over {len(ev.fold_ids)} folds; "
-          f"P = mean of valence and arousal CCC; Δ vs k = 1):", "",
-          table(["k", "faces encoded", "fusion P", "Δ fusion", "visual P", "Δ visual"], rows), "",
-          f"Largest stride costing at most {TOLERANCE} P on both models: **k = {pick}** "
-          f"({load_text()} when done).", "",
-          f"Detection stride, `FaceTrack(detect_every=k)` on {track['frames']} frames of `{track['video']}` "
-          "(decoded beforehand; crop difference vs k = 1 in grey levels):", "",
-          table(["detect_every", "frames/s", "frames with a face", "mean |crop − crop(k=1)|", "load"], track_rows)]
-    data = {"scores": {m: {str(k): v for k, v in s.items()} for m, s in scores.items()},
-            "encoded_fraction": {str(k): encoded_fraction(ev, k) for k in STRIDES}, "pick": pick,
-            "tolerance": TOLERANCE, "tracking": track}
+    md = [
+        f"Encoding stride, CCC on the held-out folds of `runs/demo` (mean over {len(ev.fold_ids)} folds; "
+        f"P = mean of valence and arousal CCC; Δ vs k = 1):",
+        "",
+        table(["k", "faces encoded", "fusion P", "Δ fusion", "visual P", "Δ visual"], rows),
+        "",
+        f"Largest stride costing at most {TOLERANCE} P on both models: **k = {pick}** "
+        f"({load_text()} when done).",
+        "",
+        f"Detection stride, `FaceTrack(detect_every=k)` on {track['frames']} frames of `{track['video']}` "
+        "(decoded beforehand; crop difference vs k = 1 in grey levels):",
+        "",
+        table(
+            ["detect_every", "frames/s", "frames with a face", "mean |crop − crop(k=1)|", "load"],
+            track_rows,
+        ),
+    ]
+    data = {
+        "scores": {m: {str(k): v for k, v in s.items()} for m, s in scores.items()},
+        "encoded_fraction": {str(k): encoded_fraction(ev, k) for k in STRIDES},
+        "pick": pick,
+        "tolerance": TOLERANCE,
+        "tracking": track,
+    }
     return Section("Doing less: face stride", "\n".join(md), data)
 
 

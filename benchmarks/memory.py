@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/memory.py --video-minutes 1 10 60
     .venv/bin/python benchmarks/memory.py --quick             # audio 1/10 min, video 1/5 min
 
-Every case runs in a fresh process and reports its peak resident set (``ru_maxrss``) and the resident set
+Every case runs in a fresh process and reports its peak resident set (``VmHWM``) and the resident set
 just before the measured work started (imports and the input already in memory), so growth = what the
 work itself needed.
 
@@ -14,11 +14,11 @@ work itself needed.
 * video: ``iter_frames`` + ``FaceTrack(detect_every=5)`` over an L-minute 30 fps clip of 64x48 noise
   (tiny frames keep the clip cheap to make; no face is found, so the detector runs on every frame).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,23 +26,27 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import Section, load_text, table
 
 FPS = 30
 SR = 44100
 
 
-def _rss_mb() -> float:
+def _status_mb(key: str) -> float:
     with open("/proc/self/status", encoding="utf-8") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak RSS of this process image (``VmHWM``; ``ru_maxrss`` survives exec and reports the parent's)."""
+    return _status_mb("VmHWM")
 
 
 def child_audio(minutes: float) -> dict:
@@ -55,8 +59,14 @@ def child_audio(minutes: float) -> dict:
     before = _rss_mb()
     t0 = time.perf_counter()
     feats, valid = ext.at_times(wave, SR, times)
-    return {"before_mb": before, "peak_mb": _peak_mb(), "seconds": time.perf_counter() - t0, "rows": len(feats),
-            "input_mb": wave.nbytes / 2**20, "output_mb": feats.nbytes / 2**20}
+    return {
+        "before_mb": before,
+        "peak_mb": _peak_mb(),
+        "seconds": time.perf_counter() - t0,
+        "rows": len(feats),
+        "input_mb": wave.nbytes / 2**20,
+        "output_mb": feats.nbytes / 2**20,
+    }
 
 
 def make_clip(path: Path, minutes: float) -> None:
@@ -91,18 +101,30 @@ def child_video(path: str) -> dict:
 
 
 def _spawn(*args: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(audio_minutes: tuple[float, ...] = (1, 10, 60), video_minutes: tuple[float, ...] = (1, 10)) -> Section:
+def run(
+    audio_minutes: tuple[float, ...] = (1, 10, 60), video_minutes: tuple[float, ...] = (1, 10)
+) -> Section:
     rows, data = [], {"audio": {}, "video": {}}
     for m in audio_minutes:
         r = _spawn("audio", str(m))
         data["audio"][m] = r
-        rows.append([f"audio features (LogMel, 44.1 kHz), {m:g} min", f"{r['before_mb']:.0f}", f"{r['peak_mb']:.0f}",
-                     f"{r['peak_mb'] - r['before_mb']:.0f}", f"{r['input_mb']:.0f} in + {r['output_mb']:.0f} out",
-                     f"{r['seconds']:.1f}", load_text()])
+        rows.append(
+            [
+                f"audio features (LogMel, 44.1 kHz), {m:g} min",
+                f"{r['before_mb']:.0f}",
+                f"{r['peak_mb']:.0f}",
+                f"{r['peak_mb'] - r['before_mb']:.0f}",
+                f"{r['input_mb']:.0f} in + {r['output_mb']:.0f} out",
+                f"{r['seconds']:.1f}",
+                load_text(),
+            ]
+        )
     with tempfile.TemporaryDirectory() as tmp:
         for m in video_minutes:
             clip = Path(tmp) / f"clip{m:g}.mp4"
@@ -112,9 +134,17 @@ def run(audio_minutes: tuple[float, ...] = (1, 10, 60), video_minutes: tuple[flo
             r = _spawn("video", str(clip))
             r["make_seconds"] = made
             data["video"][m] = r
-            rows.append([f"decode + FaceTrack, {m:g} min ({r['frames']} frames)", f"{r['before_mb']:.0f}",
-                         f"{r['peak_mb']:.0f}", f"{r['peak_mb'] - r['before_mb']:.0f}", "—", f"{r['seconds']:.1f}",
-                         load_text()])
+            rows.append(
+                [
+                    f"decode + FaceTrack, {m:g} min ({r['frames']} frames)",
+                    f"{r['before_mb']:.0f}",
+                    f"{r['peak_mb']:.0f}",
+                    f"{r['peak_mb'] - r['before_mb']:.0f}",
+                    "—",
+                    f"{r['seconds']:.1f}",
+                    load_text(),
+                ]
+            )
             clip.unlink()
 
     def slope(part: dict) -> str:
@@ -122,11 +152,16 @@ def run(audio_minutes: tuple[float, ...] = (1, 10, 60), video_minutes: tuple[flo
         if len(ms) < 2:
             return "n/a"
         a, b = ms[0], ms[-1]
-        return f"{(part[b]['peak_mb'] - part[a]['peak_mb']) / (b - a):.1f} MB per minute ({a:g} → {b:g} min)"
+        per_min = (part[b]["peak_mb"] - part[a]["peak_mb"]) / (b - a)
+        return f"{per_min:.1f} MB per minute ({a:g} → {b:g} min)"
 
-    md = ["Peak resident memory per case, each in a fresh process (MB):", "",
-          table(["case", "RSS before work", "peak RSS", "growth", "inherent data", "seconds", "load"], rows), "",
-          f"Trend of peak RSS: audio {slope(data['audio'])}; decode + tracking {slope(data['video'])}."]
+    md = [
+        "Peak resident memory per case, each in a fresh process (MB):",
+        "",
+        table(["case", "RSS before work", "peak RSS", "growth", "inherent data", "seconds", "load"], rows),
+        "",
+        f"Trend of peak RSS: audio {slope(data['audio'])}; decode + tracking {slope(data['video'])}.",
+    ]
     return Section("Peak memory vs video length", "\n".join(md), data)
 
 

@@ -10,6 +10,7 @@ encoding stride, FaceTrack per detection stride), audio front ends (speed, CCC p
 throughput and demo wall time, peak memory vs video length. Parts that need the demo run say so and are
 skipped when ``runs/demo`` is missing (``make demo`` first). A failing section is reported, the others go on.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,10 +54,16 @@ def section(name: str, args: argparse.Namespace) -> Section:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved timing rounds per benchmark (default 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="interleaved timing rounds per benchmark (default 2)"
+    )
     parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
-    parser.add_argument("--demo", action="store_true", help="time a fresh `vafusion demo` (about 3 min on 2 idle cores)")
-    parser.add_argument("--int8", action="store_true", help="also try ONNX Runtime static int8 for faces (about 2 min)")
+    parser.add_argument(
+        "--demo", action="store_true", help="time a fresh `vafusion demo` (about 3 min on 2 idle cores)"
+    )
+    parser.add_argument(
+        "--int8", action="store_true", help="also try ONNX Runtime static int8 for faces (about 2 min)"
+    )
     args = parser.parse_args()
     t0 = time.perf_counter()
     m = machine()
@@ -71,20 +78,40 @@ def main() -> int:
         print(f"[bench] {name} done in {sec.seconds:.0f} s", file=sys.stderr, flush=True)
         sections.append(sec)
     total = time.perf_counter() - t0
-    cmd = "make bench" if args.only == list(NAMES) and args.rounds == 2 and not (args.demo or args.int8) else \
-        "benchmarks/run_all.py " + " ".join(sys.argv[1:])
-    md = ["# vafusion benchmark results", "",
-          f"Written by `{cmd}` in {total:.0f} s; every figure below was measured in that run on this machine.",
-          "Timings interleave their candidates round by round in one process; ratios are medians of "
-          "within-round ratios. The load average is printed next to the figures: on a shared CPU the "
-          "absolute numbers move with it, the ratios much less.", "", "## Machine", "", machine_markdown(m), ""]
+    cmd = (
+        "make bench"
+        if args.only == list(NAMES) and args.rounds == 2 and not (args.demo or args.int8)
+        else "benchmarks/run_all.py " + " ".join(sys.argv[1:])
+    )
+    md = [
+        "# vafusion benchmark results",
+        "",
+        f"Written by `{cmd}` in {total:.0f} s; every figure below was measured in that run on this machine.",
+        "Timings interleave their candidates round by round in one process; ratios are medians of "
+        "within-round ratios. The load average is printed next to the figures: on a shared CPU the "
+        "absolute numbers move with it, the ratios much less.",
+        "",
+        "## Machine",
+        "",
+        machine_markdown(m),
+        "",
+    ]
     for sec in sections:
         md += [f"## {sec.title}", "", f"_{sec.seconds:.0f} s_", "", sec.markdown, ""]
     md += [f"Load average at the end: {load_text()}.", ""]
     OUT_MD.write_text("\n".join(md))
-    OUT_JSON.write_text(json.dumps({"machine": m, "seconds": total, "command": cmd,
-                                    "sections": {s.title: {"seconds": s.seconds, **s.data} for s in sections}},
-                                   indent=1, default=str))
+    OUT_JSON.write_text(
+        json.dumps(
+            {
+                "machine": m,
+                "seconds": total,
+                "command": cmd,
+                "sections": {s.title: {"seconds": s.seconds, **s.data} for s in sections},
+            },
+            indent=1,
+            default=str,
+        )
+    )
     print(f"[bench] wrote {OUT_MD.relative_to(REPO)} in {total:.0f} s", file=sys.stderr)
     return 1 if failed else 0
 

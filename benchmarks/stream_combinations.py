@@ -110,7 +110,7 @@ def report(table: pd.DataFrame, seeds: list[int], seconds: dict[str, float], com
     lines = ["# Stream combinations (fusion model, 6-fold CCC, mean over folds)", "",
              f"Averaged over training seeds {', '.join(map(str, seeds))} (same folds); range = lowest..highest seed.",
              "", (f"| variant | visual (query) {bar} vggish {bar} logmel | valence | arousal | mean | range over seeds "
-             "| per-fold mean CCC (first seed) | cv s |"), "|---|---|---|---|---|---|---|---|"]
+             "| per-fold mean CCC (first seed) | cv s (this invocation) |"), "|---|---|---|---|---|---|---|---|"]
     for v, part in table[table["model"] == "fusion"].groupby("variant", sort=False):
         first = part[part["seed"] == seeds[0]].iloc[0]
         lines.append(f"| {v} | {first.streams.replace('|', bar)} | {part['valence'].mean():.4f} | "

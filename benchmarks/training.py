@@ -1,6 +1,6 @@
 """Fusion-model training and evaluation throughput (frames/s), and the ``vafusion demo`` wall time.
 
-    .venv/bin/python benchmarks/training.py             # throughput; demo time quoted from runs/demo/report.md
+    .venv/bin/python benchmarks/training.py          # throughput; demo time quoted from runs/demo/report.md
     .venv/bin/python benchmarks/training.py --demo      # also time a fresh `vafusion demo` (about 3 min idle)
 
 Training: the default fusion network (``net_config`` of the default ``Config``) on the demo's
@@ -8,6 +8,7 @@ normalised sequences in 300-frame windows, batch 8, one AdamW step per batch of 
 Lightning task uses; 1 and 2 torch threads side by side. Evaluation: ``sliding_predict`` over the same
 sequences. The demo's wall time is measured by ``vafusion demo`` itself and written to its report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-
 from _common import DEMO, REPO, DemoEval, Section, demo_ready, load_text, race, table, torch_threads
 
 STEPS = 2
@@ -47,11 +46,14 @@ def _setup():
     batches = []
     for k in range(STEPS):
         items = [ds[(k * b + j) % len(ds)] for j in range(b)]
-        batches.append({
-            "feats": {r: torch.stack([it["feats"][r] for it in items]) for r in roles},
-            "valid": {r: torch.stack([it["valid"][r] for it in items]) for r in roles},
-            "labels": torch.stack([it["labels"] for it in items]),
-            "label_valid": torch.stack([it["label_valid"] for it in items])})
+        batches.append(
+            {
+                "feats": {r: torch.stack([it["feats"][r] for it in items]) for r in roles},
+                "valid": {r: torch.stack([it["valid"][r] for it in items]) for r in roles},
+                "labels": torch.stack([it["labels"] for it in items]),
+                "label_valid": torch.stack([it["label_valid"] for it in items]),
+            }
+        )
     return net, opt, batches, normed, cfg
 
 
@@ -78,17 +80,25 @@ def throughput(rounds: int) -> tuple[list[str], dict]:
             for s in normed:
                 sliding_predict(net, s, cfg.cv.eval_window, cfg.cv.eval_hop)
 
-    cands = {"train, 1 thread": (lambda: train(1), frames_train), "train, 2 threads": (lambda: train(2), frames_train),
-             "evaluate, 1 thread": (lambda: evaluate(1), frames_eval),
-             "evaluate, 2 threads": (lambda: evaluate(2), frames_eval)}
+    cands = {
+        "train, 1 thread": (lambda: train(1), frames_train),
+        "train, 2 threads": (lambda: train(2), frames_train),
+        "evaluate, 1 thread": (lambda: evaluate(1), frames_eval),
+        "evaluate, 2 threads": (lambda: evaluate(2), frames_eval),
+    }
     res = race(cands, rounds)
-    rows = [[k, f"{res.median(k):.0f}", f"{res.ratio(k, k.split(',')[0] + ', 1 thread'):.2f}x"] for k in cands]
+    rows = [
+        [k, f"{res.median(k):.0f}", f"{res.ratio(k, k.split(',')[0] + ', 1 thread'):.2f}x"] for k in cands
+    ]
     n_params = sum(p.numel() for p in net.parameters())
-    md = [f"Fusion network ({n_params / 1e6:.2f} M parameters, default config), demo features; training = "
-          f"{STEPS} AdamW steps of batch {cfg.train.batch_size} × {cfg.train.window} frames, evaluation = "
-          f"`sliding_predict` over all {len(normed)} demo sequences; medians of {rounds} interleaved rounds "
-          f"({res.load_range()}):", "",
-          table(["what", "frames/s", "× 1 thread"], rows)]
+    md = [
+        f"Fusion network ({n_params / 1e6:.2f} M parameters, default config), demo features; training = "
+        f"{STEPS} AdamW steps of batch {cfg.train.batch_size} × {cfg.train.window} frames, evaluation = "
+        f"`sliding_predict` over all {len(normed)} demo sequences; medians of {rounds} interleaved rounds "
+        f"({res.load_range()}):",
+        "",
+        table(["what", "frames/s", "× 1 thread"], rows),
+    ]
     return md, {"rates": res.rates, "loads": res.loads, "params": n_params}
 
 
@@ -107,8 +117,13 @@ def demo_wall_time(out: Path) -> dict:
     """Run ``vafusion demo --out OUT`` afresh and time it."""
     exe = Path(sys.executable).with_name("vafusion")
     t0 = time.perf_counter()
-    subprocess.run([str(exe), "demo", "--out", str(out), "--quiet"], cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [str(exe), "demo", "--out", str(out), "--quiet"],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     steps = quoted_demo_time(out / "report.md") or {}
     return {**steps, "wall": time.perf_counter() - t0}
 
@@ -124,17 +139,23 @@ def run(rounds: int = 3, demo: bool = False) -> Section:
     if demo:
         before = load_text()
         got = demo_wall_time(REPO / "runs" / "bench_demo")
-        md += ["", f"`vafusion demo --out runs/bench_demo`, timed now: **{got['wall']:.0f} s** wall "
-               f"(goal ≤ 300 s; {before} at start, {load_text()} at end); steps: "
-               + ", ".join(f"{k} {v:.0f} s" for k, v in got.items() if k != "wall")]
+        md += [
+            "",
+            f"`vafusion demo --out runs/bench_demo`, timed now: **{got['wall']:.0f} s** wall "
+            f"(goal ≤ 300 s; {before} at start, {load_text()} at end); steps: "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in got.items() if k != "wall"),
+        ]
         data["demo"] = got
     else:
         q = quoted_demo_time()
         if q:
-            md += ["", f"`vafusion demo` wall time, quoted from `runs/demo/report.md` (measured by the demo itself, "
-                   f"not rerun here): **{q.get('total', float('nan')):.0f} s** (goal ≤ 300 s); steps: "
-                   + ", ".join(f"{k} {v:.0f} s" for k, v in q.items() if k != "total")
-                   + ". Rerun with `benchmarks/training.py --demo` on a quiet machine."]
+            md += [
+                "",
+                f"`vafusion demo` wall time, quoted from `runs/demo/report.md` (measured by the demo itself, "
+                f"not rerun here): **{q.get('total', float('nan')):.0f} s** (goal ≤ 300 s); steps: "
+                + ", ".join(f"{k} {v:.0f} s" for k, v in q.items() if k != "total")
+                + ". Rerun with `benchmarks/training.py --demo` on a quiet machine.",
+            ]
             data["demo_quoted"] = q
     return Section("Training throughput and demo wall time", "\n".join(md), data)
 
@@ -142,7 +163,9 @@ def run(rounds: int = 3, demo: bool = False) -> Section:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 rounds instead of 3")
-    parser.add_argument("--demo", action="store_true", help="also time a fresh `vafusion demo` into runs/bench_demo")
+    parser.add_argument(
+        "--demo", action="store_true", help="also time a fresh `vafusion demo` into runs/bench_demo"
+    )
     args = parser.parse_args()
     print(run(2 if args.quick else 3, args.demo).markdown)
 

@@ -1,5 +1,6 @@
 """The fast face path (vafusion.accel): same embeddings as the fp32 reference, precision chosen from the
 detected CPU flags (simulated here), and the encode-every-k-th-face stride."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,10 @@ BF16_COS_MIN = 0.998
 BF16_MAX_REL = 0.10
 
 AVX2_ONLY = "processor\t: 0\nmodel name\t: AMD EPYC 7B12\nflags\t\t: fpu sse4_2 avx f16c fma avx2\n"
-AVX512_BF16 = ("model name\t: AMD EPYC 9B14\n"
-               "flags\t\t: sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16\n")
+AVX512_BF16 = (
+    "model name\t: AMD EPYC 9B14\n"
+    "flags\t\t: sse4_2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni avx512_bf16\n"
+)
 
 
 def _simulated(text: str) -> accel.CPUInfo:
@@ -85,13 +88,16 @@ def test_parse_cpuinfo_reads_model_and_flags() -> None:
     assert accel.parse_cpuinfo("") == ("", frozenset())
 
 
-@pytest.mark.parametrize("text, kernels, want", [
-    (AVX2_ONLY, True, "fp32"),  # emulated bf16 is ~100x slower there
-    (AVX512_BF16, True, "bf16"),
-    (AVX512_BF16, False, "fp32"),  # flags say yes but this torch build has no bf16 kernels
-    ("flags\t: avx2 avx512f amx_tile amx_bf16 amx_int8\n", True, "bf16"),
-    ("flags\t: avx2 avx512f avx512_vnni\n", True, "fp32"),  # int8 dot products alone do not pick bf16
-])
+@pytest.mark.parametrize(
+    "text, kernels, want",
+    [
+        (AVX2_ONLY, True, "fp32"),  # emulated bf16 is ~100x slower there
+        (AVX512_BF16, True, "bf16"),
+        (AVX512_BF16, False, "fp32"),  # flags say yes but this torch build has no bf16 kernels
+        ("flags\t: avx2 avx512f amx_tile amx_bf16 amx_int8\n", True, "bf16"),
+        ("flags\t: avx2 avx512f avx512_vnni\n", True, "fp32"),  # int8 dot products alone do not pick bf16
+    ],
+)
 def test_precision_follows_detected_flags(text: str, kernels: bool, want: str) -> None:
     info = _simulated(text)
     assert accel.choose_precision(info, bf16_kernels=kernels) == want
@@ -119,7 +125,8 @@ def test_folding_batchnorms_keeps_the_function(net: nn.Module) -> None:
     x = torch.randn(3, 3, 112, 112)
     folded = accel.fold_batchnorms(net)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) < sum(
-        isinstance(m, nn.BatchNorm2d) for m in net.modules())
+        isinstance(m, nn.BatchNorm2d) for m in net.modules()
+    )
     with torch.no_grad():
         ref, out = net(x), folded(x)
     assert torch.allclose(out, ref, rtol=0, atol=FP32_RTOL * float(ref.abs().max()))
@@ -130,8 +137,10 @@ def test_onnxruntime_path_matches_reference(net: nn.Module, crops, reference) ->
     _close_fp32(accel.FaceEncoder(net, batch=8, precision="fp32", backend="onnxruntime")(crops), reference)
 
 
-@pytest.mark.skipif(accel.choose_precision(accel.cpu_info()) != "bf16",
-                    reason="this CPU has no native bf16 (emulated bf16 is ~100x slower; never chosen)")
+@pytest.mark.skipif(
+    accel.choose_precision(accel.cpu_info()) != "bf16",
+    reason="this CPU has no native bf16 (emulated bf16 is ~100x slower; never chosen)",
+)
 def test_bf16_path_matches_reference_within_tolerance(net: nn.Module, crops, reference) -> None:
     _close_bf16(accel.FaceEncoder(net, batch=8, precision="bf16", backend="torch")(crops), reference)
 
@@ -210,7 +219,13 @@ def test_face_stride_encodes_fewer_crops_and_interpolates(tmp_path) -> None:
 def test_face_stride_enters_the_face_fingerprint_only() -> None:
     base = FeaturesConfig(visual="landmarks", face_stride=1)
     strided = dataclasses.replace(base, face_stride=2)
-    assert configured_extractor("landmarks", base).fingerprint != configured_extractor("landmarks", strided).fingerprint
-    assert configured_extractor("logmel", base).fingerprint == configured_extractor("logmel", strided).fingerprint
+    assert (
+        configured_extractor("landmarks", base).fingerprint
+        != configured_extractor("landmarks", strided).fingerprint
+    )
+    assert (
+        configured_extractor("logmel", base).fingerprint
+        == configured_extractor("logmel", strided).fingerprint
+    )
     with pytest.raises(VafusionError, match="face_stride"):
         configured_extractor("landmarks", dataclasses.replace(base, face_stride=0))

@@ -17,6 +17,7 @@ nothing here assumes an instruction set:
 frames with a face and interpolate the rest (``features.face_stride``); :func:`resample_rows` maps
 features computed at coarse times onto frame times (audio hop).
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,8 +36,25 @@ from torch import nn
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-SHOWN_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
-               "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "asimd", "sve", "bf16")
+SHOWN_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "amx_tile",
+    "asimd",
+    "sve",
+    "bf16",
+)
 PRECISIONS = ("fp32", "bf16")
 BACKENDS = ("torch", "onnxruntime")
 
@@ -67,9 +85,11 @@ class CPUInfo:
 
     def summary(self) -> str:
         """One line: model, relevant flags, torch's SIMD level and threads."""
-        return (f"{self.model}; flags: {' '.join(self.shown_flags()) or 'none detected'}; "
-                f"torch {torch.__version__} capability {self.torch_capability}; "
-                f"{self.threads} torch threads of {self.logical_cpus} logical CPUs")
+        return (
+            f"{self.model}; flags: {' '.join(self.shown_flags()) or 'none detected'}; "
+            f"torch {torch.__version__} capability {self.torch_capability}; "
+            f"{self.threads} torch threads of {self.logical_cpus} logical CPUs"
+        )
 
 
 def parse_cpuinfo(text: str) -> tuple[str, frozenset[str]]:
@@ -98,8 +118,13 @@ def cpu_info() -> CPUInfo:
     """Detect this machine's CPU (flags are read once per process; threads are read on every call)."""
     model, flags = _proc_cpuinfo()
     capability = torch.backends.cpu.get_cpu_capability()
-    return CPUInfo(model or platform.processor() or platform.machine(), flags, capability,
-                   torch.get_num_threads(), os.cpu_count() or 1)
+    return CPUInfo(
+        model or platform.processor() or platform.machine(),
+        flags,
+        capability,
+        torch.get_num_threads(),
+        os.cpu_count() or 1,
+    )
 
 
 def bf16_kernels_available() -> bool:
@@ -183,9 +208,16 @@ class _OnnxPath:
             p.requires_grad_(False)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (torch.zeros(2, 3, 112, 112),), blob, input_names=["faces"],
-                              output_names=["embeddings"], dynamic_axes={"faces": {0: "n"}, "embeddings": {0: "n"}},
-                              opset_version=17, dynamo=False)
+            torch.onnx.export(
+                model,
+                (torch.zeros(2, 3, 112, 112),),
+                blob,
+                input_names=["faces"],
+                output_names=["embeddings"],
+                dynamic_axes={"faces": {0: "n"}, "embeddings": {0: "n"}},
+                opset_version=17,
+                dynamo=False,
+            )
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, threads)
         opts.inter_op_num_threads = 1
@@ -241,8 +273,9 @@ def _faces_per_s(fn: Callable[[torch.Tensor], np.ndarray], x: torch.Tensor, repe
     return len(x) / best
 
 
-def select_face_path(net: nn.Module, key: Iterable, precision: str = "auto", calibration_faces: int = 8,
-                     repeats: int = 2) -> tuple[FacePath, Callable[[torch.Tensor], np.ndarray]]:
+def select_face_path(
+    net: nn.Module, key: Iterable, precision: str = "auto", calibration_faces: int = 8, repeats: int = 2
+) -> tuple[FacePath, Callable[[torch.Tensor], np.ndarray]]:
     """Pick precision by rule and backend by a short timing race; the choice is cached per process.
 
     Args:
@@ -268,7 +301,9 @@ def select_face_path(net: nn.Module, key: Iterable, precision: str = "auto", cal
     if wanted != rule:
         why = f"precision {wanted}: forced (this CPU's rule gives {rule})"
     else:
-        why = f"precision {wanted}: " + ("CPU has native bf16" if wanted == "bf16" else "no native bf16 on this CPU")
+        why = f"precision {wanted}: " + (
+            "CPU has native bf16" if wanted == "bf16" else "no native bf16 on this CPU"
+        )
     paths: dict[str, Callable[[torch.Tensor], np.ndarray]] = {}
     speeds: dict[str, float] = {}
     x = torch.randn(calibration_faces, 3, 112, 112, generator=torch.Generator().manual_seed(0))
@@ -295,8 +330,14 @@ class FaceEncoder:
     and ``backend`` are both given.
     """
 
-    def __init__(self, net: nn.Module, batch: int = 64, precision: str = "auto", backend: str = "auto",
-                 key: Iterable = ()) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        batch: int = 64,
+        precision: str = "auto",
+        backend: str = "auto",
+        key: Iterable = (),
+    ) -> None:
         net = net.eval()
         if precision != "auto" and backend != "auto":
             self.path = FacePath(precision, backend, reason="forced")
@@ -312,8 +353,10 @@ class FaceEncoder:
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         from vafusion.features.iresnet import EMBEDDING_SIZE, preprocess
 
-        out = [np.asarray(self._run(preprocess(crops[i:i + self.batch])), np.float32)
-               for i in range(0, len(crops), self.batch)]
+        out = [
+            np.asarray(self._run(preprocess(crops[i : i + self.batch])), np.float32)
+            for i in range(0, len(crops), self.batch)
+        ]
         return np.concatenate(out) if out else np.zeros((0, EMBEDDING_SIZE), np.float32)
 
 
@@ -341,7 +384,9 @@ def anchor_rows(present: np.ndarray, stride: int) -> np.ndarray:
     return np.unique(np.concatenate(keep))
 
 
-def fill_between_anchors(feats: np.ndarray, encoded: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def fill_between_anchors(
+    feats: np.ndarray, encoded: np.ndarray, present: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Linearly interpolate rows of ``feats`` that are ``present`` but not ``encoded``, within each run.
 
     Args:

@@ -72,7 +72,7 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"
-    threads: int = 0
+    threads: int = 1
 
 
 @dataclass

@@ -104,6 +104,8 @@ def fit(train: list[Sequence], val: list[Sequence], roles: list[str], cfg: Confi
     """
     check_strategy(cfg.train.strategy)
     quiet_lightning()
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
     L.seed_everything(seed, workers=True, verbose=False)
     norm = Normaliser.fit(train)
     train_n = [norm.apply(s) for s in train]
