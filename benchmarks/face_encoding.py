@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import io
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -177,36 +178,42 @@ def int8_encoder(net: nn.Module, calibration: np.ndarray):
         def get_next(self) -> dict | None:
             return next(self.it, None)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        src, pre, dst = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-        model = copy.deepcopy(net).eval()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (torch.zeros(2, 3, 112, 112),),
-                str(src),
-                input_names=["faces"],
-                output_names=["emb"],
-                dynamic_axes={"faces": {0: "n"}, "emb": {0: "n"}},
-                opset_version=17,
-                dynamo=False,
-            )
-            quant_pre_process(str(src), str(pre))
-            quantize_static(
-                str(pre),
-                str(dst),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-            )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sess = ort.InferenceSession(str(dst), opts, providers=["CPUExecutionProvider"])
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser logs a warning per BatchNorm it leaves in float
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, pre, dst = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+            model = copy.deepcopy(net).eval()
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model,
+                    (torch.zeros(2, 3, 112, 112),),
+                    str(src),
+                    input_names=["faces"],
+                    output_names=["emb"],
+                    dynamic_axes={"faces": {0: "n"}, "emb": {0: "n"}},
+                    opset_version=17,
+                    dynamo=False,
+                )
+                quant_pre_process(str(src), str(pre))
+                quantize_static(
+                    str(pre),
+                    str(dst),
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                )
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()
+            opts.log_severity_level = 3
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            sess = ort.InferenceSession(str(dst), opts, providers=["CPUExecutionProvider"])
+    finally:
+        root.setLevel(level)
 
     def run(crops: np.ndarray) -> np.ndarray:
         return np.concatenate(
