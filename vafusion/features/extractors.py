@@ -194,7 +194,7 @@ def centre_in_audio(wave: np.ndarray, sr: int, times: np.ndarray) -> np.ndarray:
 
     Marking only fully-covered windows valid would drop the first and last 0.48 s of every video.
     """
-    return (times >= 0) & (times < len(wave) / sr)
+    return (times >= 0) & (times <= len(wave) / sr) & (len(wave) > 0)
 
 
 def resolve_streams(cfg: FeaturesConfig) -> tuple[dict[str, str], list[str]]:
