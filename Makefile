@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,onnx]' torch==2.13.0
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv and install vafusion (torch pinned to the CPU build 2.13.0)
+install: $(STAMP) ## create .venv and install vafusion (PyTorch pinned to the CPU build, ==2.13.0)
 
 demo: $(STAMP) ## synth data -> features -> 6-fold CV of fusion and single modalities -> runs/demo/report.md
 	$(BIN)/vafusion demo --out runs/demo
