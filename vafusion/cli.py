@@ -115,10 +115,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def run_cv(data: Path, feats: Path, out: Path, cfg, models: str | None, folds_file: Path | None, resume: bool,
-           quiet: bool, extra_report: list[str] | None = None):
+           quiet: bool):
+    """Run the folds and write ``results.csv``; returns (results, streams, notes) for the report."""
     from vafusion.data.affwild2 import scan
     from vafusion.data.folds import assign_folds, read_folds, write_folds
-    from vafusion.evaluation.report import write_report, write_results
+    from vafusion.evaluation.report import write_results
     from vafusion.features.extractors import resolve_streams
     from vafusion.train.cv import MODELS, CrossValidation
 
@@ -140,8 +141,7 @@ def run_cv(data: Path, feats: Path, out: Path, cfg, models: str | None, folds_fi
     results = cv.run_all(chosen, [f for f in cfg.cv.folds if f in set(folds["fold"])])
     results.attrs["left_out"] = {name: exc.one_line() for name, exc in cv.failed.items()}
     write_results(results, out / "results.csv")
-    report = write_report(out, results, notes, streams, extra_report)
-    return results, report
+    return results, streams, notes
 
 
 def _report_left_out(results) -> int:
@@ -175,9 +175,12 @@ def cmd_cv(args: argparse.Namespace) -> int:
     # Under DDP every process runs this same fold loop (each writes the same files atomically); only the
     # first prints, so the terminal shows one progress bar and one table.
     lead = _rank_zero()
-    results, report = run_cv(args.data, args.features, args.out, cfg, args.models, args.folds, args.resume,
-                             args.quiet or not lead)
+    results, streams, notes = run_cv(args.data, args.features, args.out, cfg, args.models, args.folds, args.resume,
+                                     args.quiet or not lead)
     if lead:
+        from vafusion.evaluation.report import write_report
+
+        report = write_report(args.out, results, notes, streams)
         _print_results(results)
         print(f"report: {report}")
         return _report_left_out(results)
@@ -206,17 +209,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     timings["extract"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     print(f"[3/3] 6-fold cross-validation of {', '.join(cfg.cv.models)} into {out}")
-    timing_lines = []
-    results, report = run_cv(data, feats, out, cfg, None, None, args.resume, args.quiet, extra_report=timing_lines)
+    results, streams, notes = run_cv(data, feats, out, cfg, None, None, args.resume, args.quiet)
     timings["cv"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
-    timing_lines += ["## Wall time of this demo", "", "| step | seconds |", "|---|---|"]
+    timing_lines = ["## Wall time of this demo", "", "| step | seconds |", "|---|---|"]
     timing_lines += [f"| {k} | {v:.1f} |" for k, v in timings.items()]
     from vafusion.evaluation.report import write_report
-    from vafusion.features.extractors import resolve_streams
 
-    streams, notes = resolve_streams(cfg.features)
-    write_report(out, results, notes, streams, timing_lines)
+    report = write_report(out, results, notes, streams, timing_lines)
     _print_results(results)
     print(f"demo finished in {timings['total']:.1f} s — report: {report}")
     return _report_left_out(results)
