@@ -229,3 +229,57 @@ def test_face_stride_enters_the_face_fingerprint_only() -> None:
     )
     with pytest.raises(VafusionError, match="face_stride"):
         configured_extractor("landmarks", dataclasses.replace(base, face_stride=0))
+
+
+def _voice(seconds: float, sr: int) -> np.ndarray:
+    """A tone whose pitch and loudness drift, so every 0.96 s patch differs from its neighbours."""
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * (1 + np.sin(2 * np.pi * 0.3 * t)) * np.sin(2 * np.pi * (300 + 80 * t) * t)).astype(np.float32)
+
+
+def test_audio_hop_encodes_a_grid_and_interpolates_to_frames() -> None:
+    from vafusion.features.extractors import LogMelExtractor
+
+    sr, times = 16000, np.arange(0, 150) / 30.0
+    wave = _voice(5.0, sr)
+    per_frame, valid0 = LogMelExtractor(hop=0.0).at_times(wave, sr, times)
+    hopped = LogMelExtractor(hop=0.48)
+    grid = hopped.centres(times)
+    assert np.allclose(np.diff(grid), 0.48) and grid[0] <= times[0] and grid[-1] >= times[-1]
+    assert len(grid) < len(times) / 10
+    feats, valid = hopped.at_times(wave, sr, times)
+    assert np.array_equal(valid, valid0)
+    on_grid = np.flatnonzero(np.isclose(times[:, None], grid[None, :], atol=1e-9).any(1))  # 0, 2.4, 4.8 s
+    assert len(on_grid) >= 2
+    assert np.allclose(feats[on_grid], per_frame[on_grid], atol=1e-5)
+    grid_feats, _ = LogMelExtractor(hop=0.0).at_times(wave, sr, grid)
+    assert np.allclose(feats, accel.resample_rows(grid, grid_feats, times), atol=1e-5)
+    assert not np.allclose(feats, per_frame, atol=1e-3)  # it did interpolate between grid points
+
+
+def test_audio_hop_grid_lines_up_across_chunks() -> None:
+    """A chunk starting at a whole second, given its start as ``origin``, reproduces the whole file's rows."""
+    from vafusion.features.extractors import LogMelExtractor
+
+    sr = 16000
+    wave = _voice(8.0, sr)
+    ext = LogMelExtractor(hop=0.48)
+    times = np.arange(90, 150) / 30.0  # 3-5 s
+    whole, _ = ext.at_times(wave, sr, times)
+    start = 1.0
+    chunk, _ = ext.at_times(wave[int(start * sr):int(7.0 * sr)], sr, times - start, origin=start)
+    assert np.allclose(chunk, whole, atol=1e-5)
+    shifted, _ = ext.at_times(wave[int(start * sr):int(7.0 * sr)], sr, times - start)
+    assert not np.allclose(shifted, whole, atol=1e-3)  # without the origin the grid would move
+
+
+def test_audio_hop_enters_the_audio_fingerprint_and_is_checked() -> None:
+    base = FeaturesConfig(visual="landmarks")
+    assert base.audio_hop == 0.48 and base.face_stride == 2  # the defaults the benchmarks picked
+    other = dataclasses.replace(base, audio_hop=0.0)
+    def prints(name: str) -> tuple[str, str]:
+        return configured_extractor(name, base).fingerprint, configured_extractor(name, other).fingerprint
+
+    assert len(set(prints("logmel"))) == 2 and len(set(prints("landmarks"))) == 1
+    with pytest.raises(VafusionError, match="audio_hop"):
+        configured_extractor("logmel", dataclasses.replace(base, audio_hop=-0.1))

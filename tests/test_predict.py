@@ -25,13 +25,13 @@ import torch
 from vafusion.cli import main
 from vafusion.errors import MediaError, VafusionError, WeightsError
 from vafusion.features.extractors import EGeMAPSExtractor, LogMelExtractor
+from vafusion.io.audio import iter_audio_chunks
 from vafusion.io.face import ARCFACE_TEMPLATE, CROP_SIZE
 from vafusion.io.video import probe, read_audio
 from vafusion.predict import (
     AudioWarning,
     FpsWarning,
     Predictor,
-    iter_audio_chunks,
     smooth_series,
     write_overlay,
 )
@@ -261,7 +261,8 @@ def test_variable_frame_rate_keeps_the_real_times(tmp_path, predictor, photo):
     assert res.features.valid["logmel"].all()
     # the audio rows follow the real times: the log-mel row of frame i is the patch centred at times[i]
     wave, sr = read_audio(clip, sample_rate=None)
-    ref, _ = LogMelExtractor().at_times(wave, sr, res.table["time"].to_numpy())
+    ext = LogMelExtractor(hop=predictor.config.features.audio_hop)
+    ref, _ = ext.at_times(wave, sr, res.table["time"].to_numpy())
     assert np.allclose(res.features.feats["logmel"], ref, atol=1e-5)
 
 
@@ -274,7 +275,8 @@ def test_any_audio_rate_and_channel_count(tmp_path, predictor, photo, rate, chan
     # the same features `vafusion extract` computes from the whole track (FFmpeg mono downmix, native rate)
     wave, sr = read_audio(clip, sample_rate=None)
     assert sr == rate
-    ref, _ = LogMelExtractor().at_times(wave, sr, res.table["time"].to_numpy())
+    ext = LogMelExtractor(hop=predictor.config.features.audio_hop)
+    ref, _ = ext.at_times(wave, sr, res.table["time"].to_numpy())
     assert np.allclose(res.features.feats["logmel"], ref, atol=1e-5)
 
 
@@ -489,3 +491,21 @@ def test_real_videos(shared_videos, predictor, name):
     eyes = eye_positions(res.features.feats["visual"][res.features.face])
     assert np.abs(np.median(eyes, axis=0) - ARCFACE_TEMPLATE[:2]).max() < 4.0
     assert res.features.valid["logmel"].mean() > 0.95
+
+
+def test_a_run_from_before_a_default_changed_keeps_its_settings(tmp_path) -> None:
+    """A run whose config.yaml has no ``audio_hop`` / ``face_stride`` was trained with per-frame audio
+    patches and every face encoded: inference must compute its features the same way, not the new defaults."""
+    from vafusion.config import Config
+    from vafusion.predict import run_config
+
+    old = tmp_path / "config.yaml"
+    old.write_text("features:\n  visual: landmarks\n  face_batch: 16\ncv:\n  eval_hop: 100\n")
+    cfg = run_config(old, None, [])
+    assert cfg.features.audio_hop == 0.0 and cfg.features.face_stride == 1
+    assert cfg.features.face_batch == 16 and cfg.cv.eval_hop == 100
+    new = tmp_path / "new.yaml"
+    new.write_text("features:\n  audio_hop: 0.24\n  face_stride: 3\n")
+    cfg = run_config(new, None, ["features.audio_hop=0.96"])
+    assert cfg.features.audio_hop == 0.96 and cfg.features.face_stride == 3
+    assert Config().features.audio_hop == 0.48  # a new run records the new default

@@ -140,11 +140,11 @@ def test_bad_shard_is_one_line(stores: Path, shard: str, capsys) -> None:
 
 
 def test_rerun_command_repeats_the_settings_that_change_the_files(stores: Path, tmp_path: Path) -> None:
-    """A store extracted with a non-default setting (here face_stride 2) is checked against that setting,
+    """A store extracted with a non-default setting (here face_stride 3) is checked against that setting,
     and the printed fix passes it on, so the rerun makes files that the next merge accepts."""
     feats = tmp_path / "feats"
     data = str(stores / "data")
-    stride = ["--set", "features.face_stride=2"]
+    stride = ["--set", "features.face_stride=3"]
     for i in range(2):
         assert main(["extract", "--data", data, "--features", str(feats), "--extractors", "landmarks", "--quiet",
                      "--shard", f"{i}/2", *stride]) == 0
@@ -156,6 +156,6 @@ def test_rerun_command_repeats_the_settings_that_change_the_files(stores: Path, 
     report = json.loads((feats / "merge_report.json").read_text())
     assert [p["kind"] for p in report["problems"]] == ["missing"]
     [command] = report["commands"]
-    assert "features.face_stride=2" in command
+    assert "features.face_stride=3" in command
     assert main(shlex.split(command)[1:] + ["--quiet"]) == 0
     assert main(merge + stride) == 0

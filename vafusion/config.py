@@ -32,7 +32,8 @@ class FeaturesConfig:
     vggish_pca: str | None = None
     logmel_weights: str | None = None
     face_batch: int = 64
-    face_stride: int = 1  # encode every k-th face, interpolate the rest (CCC cost: docs/performance.md)
+    face_stride: int = 2  # encode every k-th face, interpolate the rest (CCC cost: docs/performance.md)
+    audio_hop: float = 0.48  # s between encoded 0.96 s log-mel patches; 0: one per frame (docs: performance)
 
 
 @dataclass

@@ -7,11 +7,12 @@ beyond one small row per frame:
    so variable-frame-rate video keeps its real timing). ``FaceTrack`` detects the subject every
    ``detect_every`` frames, tracks it in between and aligns it to the ArcFace 112x112 template; aligned
    crops are encoded by the run's face extractor in batches of ``features.face_batch``.
-2. **Audio**: the first audio stream is decoded in order and downmixed to mono by FFmpeg at its own rate
-   (exactly what ``vafusion extract`` reads), then cut into ``audio_chunk_s`` chunks with
-   ``audio_margin_s`` of context on each side; each audio extractor encodes the frames whose times fall in
-   the chunk (and resamples to 16 kHz itself, as in training). Chunk edges are whole seconds, so the 10 ms
-   analysis grids line up with a whole-file pass and the margin hides the chunk edges from every window.
+2. **Audio**: :func:`vafusion.features.audio_stream.stream_audio_features`, the function ``vafusion
+   extract`` uses too: the first audio stream is decoded in order and downmixed to mono by FFmpeg at its
+   own rate, then cut into ``audio_chunk_s`` chunks with ``audio_margin_s`` of context on each side; each
+   audio extractor encodes the frames whose times fall in the chunk (and resamples to 16 kHz itself, as in
+   training). Chunk edges are whole seconds, so the 10 ms analysis grids line up with a whole-file pass
+   and the margin hides the chunk edges from every window.
 3. **Fusion**: each fold model of the run predicts over overlapping windows
    (:func:`vafusion.inference.sliding_predict`), the fold predictions are averaged, optionally smoothed
    along time, and clipped to [-1, 1].
@@ -91,83 +92,6 @@ class TimedAligner(FaceAligner):
             return super().align(frame, box)
         finally:
             self.align_s += time.perf_counter() - t0
-
-
-# ----------------------------------------------------------------------------------------------
-# Streaming audio
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class AudioChunk:
-    """A stretch of mono audio: ``wave`` starts at ``start`` s; frames at ``core_start <= t < core_end`` use it.
-
-    ``total`` (s) is the length of the whole track, known only on the last chunk (``None`` before).
-    """
-
-    wave: np.ndarray
-    rate: int
-    start: float
-    core_start: float
-    core_end: float
-    total: float | None
-
-
-def iter_audio_chunks(path: str | Path, chunk_s: int = 30, margin_s: int = 2) -> Iterator[AudioChunk]:
-    """Decode the first audio stream in order and yield overlapping mono chunks; nothing if there is no audio.
-
-    At most ``chunk_s + 2 * margin_s`` seconds of samples are held at a time. Chunk borders are whole
-    seconds (so whole 10 ms hops at 16 kHz after any resampling). A stream that breaks mid-way ends at the
-    last decodable sample, like :func:`vafusion.io.video.read_audio`.
-    """
-    if chunk_s < 1 or margin_s < 1 or int(chunk_s) != chunk_s or int(margin_s) != margin_s:
-        raise ValueError(f"chunk_s and margin_s must be whole seconds >= 1, got {chunk_s} and {margin_s}")
-    path = Path(path)
-    probe(path)  # the same one-line errors as the video pass for a missing, empty or foreign file
-    with av.open(str(path), metadata_errors="ignore") as container:
-        if not container.streams.audio:
-            return
-        stream = container.streams.audio[0]
-        rate = int(stream.rate or stream.codec_context.sample_rate or 0)
-        if rate <= 0:
-            return
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
-        size, margin = int(chunk_s) * rate, int(margin_s) * rate
-        buf = np.zeros(0, np.float32)
-        buf_start = 0  # sample index of buf[0] in the track
-        pieces: list[np.ndarray] = []
-        pending = 0
-        core = 0
-
-        def frames() -> Iterator[np.ndarray]:
-            try:
-                for frame in container.decode(stream):
-                    for out in resampler.resample(frame):
-                        yield out.to_ndarray().reshape(-1)
-            except av.error.FFmpegError:
-                return
-            for out in resampler.resample(None):
-                yield out.to_ndarray().reshape(-1)
-
-        for samples in frames():
-            pieces.append(samples)
-            pending += samples.size
-            if buf_start + buf.size + pending < core + size + margin:
-                continue
-            buf = np.concatenate([buf, *pieces])
-            pieces, pending = [], 0
-            while buf_start + buf.size >= core + size + margin:
-                lo = max(0, core - margin)
-                seg = buf[lo - buf_start : core + size + margin - buf_start]
-                yield AudioChunk(seg, rate, lo / rate, core / rate, (core + size) / rate, None)
-                core += size
-                drop = max(0, core - margin) - buf_start
-                buf = buf[drop:].copy()
-                buf_start += drop
-        buf = np.concatenate([buf, *pieces])
-        lo = max(0, core - margin)
-        total = buf_start + buf.size
-        yield AudioChunk(buf[lo - buf_start :], rate, lo / rate, core / rate, math.inf, total / rate)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,6 +210,9 @@ def _model_files(run: Path, kind: str, fold: int | None) -> list[tuple[int, Path
 PREDICT_SECTIONS = ("features", "cv")
 """The parts of a run's configuration that inference uses: front ends and evaluation windows."""
 
+LEGACY_DEFAULTS = {"features": {"audio_hop": 0.0, "face_stride": 1}}
+"""Settings whose default changed: a run whose config.yaml predates a key was made with these values."""
+
 
 def run_config(path: Path, stored: dict | None, overrides: list[str]) -> Config:
     """The run's ``features`` and ``cv`` settings from ``RUN/config.yaml`` (else the checkpoint's copy).
@@ -311,7 +238,8 @@ def run_config(path: Path, stored: dict | None, overrides: list[str]) -> Config:
     dotlist = []
     for section in PREDICT_SECTIONS:
         known = {f.name for f in dataclasses.fields(getattr(defaults, section))}
-        for key, value in (raw.get(section) or {}).items():
+        stored_section = raw.get(section) or {}
+        for key, value in {**LEGACY_DEFAULTS.get(section, {}), **stored_section}.items():
             if key in known:
                 dotlist.append(f"{section}.{key}={'null' if value is None else _yaml_value(value)}")
     return load_config(None, dotlist + list(overrides))
@@ -633,36 +561,32 @@ class Predictor:
         return vf
 
     def _audio_pass(self, vf: VideoFeatures) -> None:
+        """Audio rows of every audio stream, read in chunks (:func:`stream_audio_features`)."""
+        from vafusion.features.audio_stream import AudioFeatures, stream_audio_features
+
         roles = self.roles_with("audio")
+        names = list(dict.fromkeys(self.streams[r] for r in roles))
         n = vf.length
+        broken = None
+        try:
+            got = stream_audio_features(
+                vf.path, [self.extractors[m] for m in names], vf.times, self.audio_chunk_s, self.audio_margin_s
+            )
+        except MediaError as exc:  # no sample decodes: as without a track, but say why
+            broken = exc.one_line()
+            dims = [self.extractors[m].dim for m in names]
+            got = AudioFeatures([np.zeros((n, d), np.float32) for d in dims], [np.zeros(n, bool)] * len(names), None)
         for role in roles:
-            vf.feats[role] = np.zeros((n, self.extractors[self.streams[role]].dim), np.float32)
-            vf.valid[role] = np.zeros(n, bool)
-        decode_s = encode_s = 0.0
-        t0 = time.perf_counter()
-        total = None
-        for chunk in iter_audio_chunks(vf.path, self.audio_chunk_s, self.audio_margin_s):
-            t1 = time.perf_counter()
-            decode_s += t1 - t0
-            total = chunk.total
-            sel = np.flatnonzero((vf.times >= chunk.core_start) & (vf.times < chunk.core_end))
-            if roles and sel.size and chunk.wave.size:
-                local = vf.times[sel] - chunk.start
-                for role in roles:
-                    f, v = self.extractors[self.streams[role]].at_times(chunk.wave, chunk.rate, local)
-                    if chunk.total is not None:
-                        v = v & (vf.times[sel] <= chunk.total)
-                    f = np.asarray(f, np.float32)
-                    v = np.asarray(v, bool) & np.isfinite(f).all(axis=1)
-                    vf.feats[role][sel] = np.where(v[:, None], f, 0.0)
-                    vf.valid[role][sel] = v
-            t0 = time.perf_counter()
-            encode_s += t0 - t1
-        decode_s += time.perf_counter() - t0
+            k = names.index(self.streams[role])
+            vf.feats[role] = np.where(got.valid[k][:, None], got.feats[k], 0.0).astype(np.float32)
+            vf.valid[role] = got.valid[k].copy()
+        total = got.seconds
         vf.audio_seconds = total
-        vf.timings.update(audio_decode=decode_s, audio_encode=encode_s)
+        vf.timings.update(audio_decode=got.decode_s, audio_encode=got.encode_s)
         if roles:
-            if total is None or total == 0:
+            if broken:
+                vf.warnings.append(f"{broken}; predicting from the face alone")
+            elif total is None or total == 0:
                 vf.warnings.append(f"{vf.path}: no audio track; predicting from the face alone")
             elif n and vf.times[-1] > total + 0.5:
                 vf.warnings.append(
