@@ -64,3 +64,37 @@ def shared_videos() -> Path:
     if not SHARED_VIDEOS.is_dir():
         pytest.skip(f"real test videos not found at {SHARED_VIDEOS}")
     return SHARED_VIDEOS
+
+
+FEATURE_DIMS = {"landmarks": 136, "egemaps": 25, "logmel": 128}
+"""The offline streams' widths (visual landmarks, eGeMAPS, log-mel statistics)."""
+
+
+def write_linear_feature_corpus(root: Path, videos: int, frames: int, seed: int = 0, noise: float = 0.5,
+                                invalid_rows: int = 0) -> None:
+    """Annotations (3 validation, the rest training videos) under ``root/data`` and feature files under
+    ``root/feats`` that carry the labels linearly plus noise, so training is fast and must learn something.
+
+    ``invalid_rows`` annotation rows per video are ``-5,-5`` (Aff-Wild2's invalid marker).
+    """
+    from vafusion.features.store import feature_path, write_features
+
+    rng = np.random.default_rng(seed)
+    mix = {e: rng.normal(size=(2, d)) for e, d in FEATURE_DIMS.items()}
+    t = np.arange(frames)
+    for k in range(videos):
+        name = f"vid{k:02d}"
+        split = "Validation_Set" if k < 3 else "Train_Set"
+        va = 0.8 * np.stack([np.sin(2 * np.pi * t / rng.uniform(40, 90) + rng.uniform(0, 6)),
+                             np.cos(2 * np.pi * t / rng.uniform(40, 90) + rng.uniform(0, 6))], 1)
+        rows = [f"{v:.4f},{a:.4f}" for v, a in va]
+        if invalid_rows:
+            for i in rng.choice(frames, invalid_rows, replace=False):
+                rows[i] = "-5,-5"
+        ann = root / "data/annotations/VA_Estimation_Challenge" / split / f"{name}.txt"
+        ann.parent.mkdir(parents=True, exist_ok=True)
+        ann.write_text("valence,arousal\n" + "\n".join(rows) + "\n")
+        for ext, d in FEATURE_DIMS.items():
+            x = va @ mix[ext] + noise * rng.normal(size=(frames, d))
+            write_features(feature_path(root / "feats", ext, name), x, rng.random(frames) > 0.1, t / 30.0,
+                           {"extractor": ext, "fingerprint": "test", "dim": d, "frames": frames, "fps": 30.0})

@@ -12,21 +12,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from conftest import write_linear_feature_corpus
+
 from vafusion.cli import main
 from vafusion.data.affwild2 import scan
-from vafusion.features.store import feature_path, write_features
 from vafusion.metrics import CCC
 from vafusion.train.cv import inner_split
 from vafusion.train.data import WindowDataset, load_sequence
 from vafusion.train.fit import _collate
 from vafusion.weights import load_model
 
-DIMS = {"landmarks": 136, "egemaps": 25, "logmel": 128}
 MODEL = "visual"
 # One process with batch 4 against two with batch 2 each: the same global batch and steps per epoch.
 SETTINGS = ["--models", MODEL, "--quiet", "--set", "train.accelerator=cpu", "--set", "cv.folds=[0]",
@@ -37,33 +36,10 @@ SETTINGS = ["--models", MODEL, "--quiet", "--set", "train.accelerator=cpu", "--s
 RUNNER = "import sys\nfrom vafusion.cli import main\nsys.exit(main())\n"
 
 
-def write_corpus(root: Path, videos: int = 10, frames: int = 150, seed: int = 0) -> None:
-    """Annotations (3 validation, the rest training videos) and features that carry the labels linearly."""
-    rng = np.random.default_rng(seed)
-    mix = {e: rng.normal(size=(2, d)) for e, d in DIMS.items()}
-    t = np.arange(frames)
-    for k in range(videos):
-        name = f"vid{k:02d}"
-        split = "Validation_Set" if k < 3 else "Train_Set"
-        va = 0.8 * np.stack([np.sin(2 * np.pi * t / rng.uniform(40, 90) + rng.uniform(0, 6)),
-                             np.cos(2 * np.pi * t / rng.uniform(40, 90) + rng.uniform(0, 6))], 1)
-        rows = [f"{v:.4f},{a:.4f}" for v, a in va]
-        for i in rng.choice(frames, 5, replace=False):
-            rows[i] = "-5,-5"
-        ann = root / "data/annotations/VA_Estimation_Challenge" / split / f"{name}.txt"
-        ann.parent.mkdir(parents=True, exist_ok=True)
-        ann.write_text("valence,arousal\n" + "\n".join(rows) + "\n")
-        for ext, d in DIMS.items():
-            x = va @ mix[ext] + 0.5 * rng.normal(size=(frames, d))
-            valid = rng.random(frames) > 0.1
-            write_features(feature_path(root / "feats", ext, name), x, valid, t / 30.0,
-                           {"extractor": ext, "fingerprint": "test", "dim": d, "frames": frames, "fps": 30.0})
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ddp")
-    write_corpus(root)
+    write_linear_feature_corpus(root, videos=10, frames=150, invalid_rows=5)
     common = ["cv", "--data", str(root / "data"), "--features", str(root / "feats")]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each DDP process below; tiny convolutions only lose from more threads

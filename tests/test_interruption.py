@@ -20,11 +20,12 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import write_linear_feature_corpus
+
 from vafusion.cli import main
 from vafusion.data.synth import make_corpus
-from vafusion.features.store import feature_path, read_features, write_features
+from vafusion.features.store import read_features
 
-ANN = "annotations/VA_Estimation_Challenge"
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 CMD = [sys.executable, "-m", "vafusion.cli"]
 
@@ -110,32 +111,11 @@ def test_extract_killed_at_random_moments_resumes_to_identical_files(corpus):
 
 # ------------------------------------------------------------------------------------------------------ cv
 
-DIMS = {"landmarks": 136, "egemaps": 25, "logmel": 128}
 SETTINGS = ["--models", "visual", "--quiet", "--set", "train.accelerator=cpu", "--set", "cv.folds=[0]",
             "--set", "model.tcn_channels=8", "--set", "model.attn_dim=8", "--set", "model.head_hidden=8",
             "--set", "model.dilations=[1,2]", "--set", "train.window=40", "--set", "train.hop=10",
             "--set", "cv.eval_window=40", "--set", "cv.eval_hop=20", "--set", "train.max_epochs=6",
             "--set", "train.patience=3", "--set", "train.plateau_patience=1", "--set", "train.lr=0.003"]
-
-
-def write_feature_corpus(root: Path, videos: int = 8, frames: int = 160, seed: int = 0) -> None:
-    """Annotations plus feature files that carry the labels linearly (no video decoding needed)."""
-    rng = np.random.default_rng(seed)
-    mix = {e: rng.normal(size=(2, d)) for e, d in DIMS.items()}
-    t = np.arange(frames)
-    for k in range(videos):
-        name = f"vid{k:02d}"
-        split = "Validation_Set" if k < 3 else "Train_Set"
-        va = 0.8 * np.stack([np.sin(2 * np.pi * t / rng.uniform(40, 90) + rng.uniform(0, 6)),
-                             np.cos(2 * np.pi * t / rng.uniform(40, 90) + rng.uniform(0, 6))], 1)
-        rows = [f"{v:.4f},{a:.4f}" for v, a in va]
-        ann = root / "data" / ANN / split / f"{name}.txt"
-        ann.parent.mkdir(parents=True, exist_ok=True)
-        ann.write_text("valence,arousal\n" + "\n".join(rows) + "\n")
-        for ext, d in DIMS.items():
-            x = va @ mix[ext] + 1.5 * rng.normal(size=(frames, d))
-            write_features(feature_path(root / "feats", ext, name), x, rng.random(frames) > 0.1, t / 30.0,
-                           {"extractor": ext, "fingerprint": "test", "dim": d, "frames": frames, "fps": 30.0})
 
 
 def _epochs_logged(work: Path) -> list[int]:
@@ -153,7 +133,7 @@ def _ckpt_epoch(path: Path) -> int:
 @pytest.fixture(scope="module")
 def cv_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("kill_cv")
-    write_feature_corpus(root)
+    write_linear_feature_corpus(root, videos=8, frames=160, noise=1.5)
     return root
 
 
