@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,3 +242,40 @@ class DemoEval:
             "P": float(np.mean([r["mean"] for r in per_fold])),
             "P_per_fold": [round(float(r["mean"]), 4) for r in per_fold],
         }
+
+
+def add_study_arguments(ap, out: str, features_help: str, variants: Iterable[str]) -> None:
+    """The options every CV study script shares (dataset, feature store, output, variants, seeds, threads)."""
+    ap.add_argument("--data", type=Path, default=Path("runs/demo/data"), help="dataset (default runs/demo/data)")
+    ap.add_argument("--features", type=Path, default=Path("runs/demo/features"), help=features_help)
+    ap.add_argument("--out", type=Path, default=Path(out), help=f"output folder (default {out})")
+    ap.add_argument("--variants", default=",".join(variants), help=f"comma list of {', '.join(variants)}")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override passed to every `vafusion cv` run (the same for all variants)")
+    ap.add_argument("--seeds", default="0", help="comma list of cv.seed values; the first fixes the folds "
+                                                 "(default 0)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a few shared cores more threads oversubscribe them)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cv_over_seeds(data: Path, features: Path, base: Path, models: str, seeds: list[int], settings: list[str],
+                  quiet: bool, commands: list[str]) -> Iterator[tuple[int, Path]]:
+    """Run ``vafusion cv`` once per seed (the first seed's folds reused by the others) and yield each run.
+
+    ``settings`` are ``KEY=VALUE`` config overrides; every command line is appended to ``commands``.
+    """
+    from vafusion.cli import main as vafusion
+
+    for k, seed in enumerate(seeds):
+        run = base if k == 0 else base.with_name(f"{base.name}_seed{seed}")
+        cmd = ["cv", "--data", str(data), "--features", str(features), "--out", str(run),
+               "--models", models, "--set", f"cv.seed={seed}"]
+        if k > 0:  # same folds as the first seed: only the training seeds (and inner split) change
+            cmd += ["--folds", str(base / "folds.csv")]
+        for setting in settings:
+            cmd += ["--set", setting]
+        commands.append("vafusion " + " ".join(cmd))
+        if vafusion(cmd + (["--quiet"] if quiet else [])) != 0:
+            raise SystemExit(f"vafusion {' '.join(cmd)} failed")
+        yield seed, run

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _common import add_study_arguments, cv_over_seeds
 
-from vafusion.cli import main as vafusion
 from vafusion.errors import VafusionError
 from vafusion.features.extractors import LogMelExtractor
 from vafusion.features.store import build_manifest, read_features, write_features
@@ -122,19 +122,9 @@ def build_store(src: Path, dst: Path, variant: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("runs/demo/data"), help="dataset (default runs/demo/data)")
-    ap.add_argument("--features", type=Path, default=Path("runs/demo/features"),
-                    help="source feature store with logmel (default runs/demo/features; never modified)")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_audio_alignment"), help="output folder")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    add_study_arguments(ap, "runs/bench_audio_alignment",
+                        "source feature store with logmel (default runs/demo/features; never modified)", VARIANTS)
     ap.add_argument("--models", default="logmel,fusion", help="models to cross-validate (default logmel,fusion)")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override passed to every `vafusion cv` run (the same for all variants)")
-    ap.add_argument("--seeds", default="0", help="comma list of cv.seed values; the first fixes the folds "
-                                                 "(default 0)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a few shared cores more threads oversubscribe them)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -148,17 +138,8 @@ def main() -> None:
         store = args.out / f"features_{v}"
         facts.append(build_store(args.features, store, v))
         t0 = time.perf_counter()
-        for k, seed in enumerate(seeds):
-            run = args.out / (f"cv_{v}" if k == 0 else f"cv_{v}_seed{seed}")
-            cmd = ["cv", "--data", str(args.data), "--features", str(store), "--out", str(run),
-                   "--models", args.models, "--set", f"cv.seed={seed}"]
-            if k > 0:  # same folds as the first seed: only the training seeds (and inner split) change
-                cmd += ["--folds", str(args.out / f"cv_{v}" / "folds.csv")]
-            for o in args.overrides:
-                cmd += ["--set", o]
-            commands.append("vafusion " + " ".join(cmd))
-            if vafusion(cmd + (["--quiet"] if args.quiet else [])) != 0:
-                raise SystemExit(f"vafusion {' '.join(cmd)} failed")
+        for seed, run in cv_over_seeds(args.data, store, args.out / f"cv_{v}", args.models, seeds,
+                                       args.overrides, args.quiet, commands):
             res = pd.read_csv(run / "results.csv", dtype={"fold": str})
             res.insert(0, "seed", seed)
             res.insert(0, "variant", v)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _common import add_study_arguments, cv_over_seeds
 
-from vafusion.cli import main as vafusion
 from vafusion.io.atomic import atomic_path, write_text
 
 VARIANTS: dict[str, tuple[str, str, str]] = {
@@ -53,18 +53,8 @@ def fold_metrics(run: Path, model: str) -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("runs/demo/data"), help="dataset (default runs/demo/data)")
-    ap.add_argument("--features", type=Path, default=Path("runs/demo/features"),
-                    help="feature store with every extractor the variants use (default runs/demo/features)")
-    ap.add_argument("--out", type=Path, default=Path("runs/bench_stream_combinations"), help="output folder")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override passed to every `vafusion cv` run (the same for all variants)")
-    ap.add_argument("--seeds", default="0", help="comma list of cv.seed values; the first fixes the folds "
-                                                 "(default 0)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a few shared cores more threads oversubscribe them)")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_study_arguments(ap, "runs/bench_stream_combinations",
+                        "feature store with every extractor the variants use (default runs/demo/features)", VARIANTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -76,19 +66,9 @@ def main() -> None:
     for v in chosen:
         base = args.out / f"cv_{v}_{'-'.join(VARIANTS[v])}"
         t0 = time.perf_counter()
-        for k, seed in enumerate(seeds):
-            run = base if k == 0 else base.with_name(f"{base.name}_seed{seed}")
-            cmd = ["cv", "--data", str(args.data), "--features", str(args.features), "--out", str(run),
-                   "--models", "fusion", "--set", f"cv.seed={seed}"]
-            if k > 0:  # same folds as the first seed: only the training seeds (and inner split) change
-                cmd += ["--folds", str(base / "folds.csv")]
-            for role, ext in zip(ROLES, VARIANTS[v]):
-                cmd += ["--set", f"features.{role}={ext}"]
-            for o in args.overrides:
-                cmd += ["--set", o]
-            commands.append("vafusion " + " ".join(cmd))
-            if vafusion(cmd + (["--quiet"] if args.quiet else [])) != 0:
-                raise SystemExit(f"vafusion {' '.join(cmd)} failed")
+        settings = [f"features.{role}={ext}" for role, ext in zip(ROLES, VARIANTS[v])] + args.overrides
+        for seed, run in cv_over_seeds(args.data, args.features, base, "fusion", seeds, settings, args.quiet,
+                                       commands):
             for model, label in (("fusion", "fusion"),) + tuple(zip(ROLES, VARIANTS[v])):
                 per = fold_metrics(run, model)
                 rows.append({"variant": v, "streams": " | ".join(VARIANTS[v]), "seed": seed, "model": model,
