@@ -239,6 +239,28 @@ def test_25fps_without_audio_predicts_from_the_face_and_warns(tmp_path, predicto
     assert res.table["face"].mean() >= 0.9
 
 
+def test_undecodable_audio_predicts_from_the_face_and_says_why(tmp_path, predictor, photo):
+    silent = photo_clip(tmp_path / "silent.mp4", photo, n=25, fps=25, audio_rate=None)
+    clip = tmp_path / "bad_audio.mp4"
+    rng = np.random.default_rng(0)
+    with av.open(str(silent)) as src, av.open(str(clip), "w") as out:
+        video = out.add_stream_from_template(src.streams.video[0])
+        audio = out.add_stream("aac", rate=16000, layout="mono")
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = video
+                out.mux(packet)
+        for k in range(16):  # one second of AAC packets holding random bytes
+            packet = av.Packet(rng.bytes(300))
+            packet.stream, packet.pts, packet.dts, packet.time_base = audio, k * 1024, k * 1024, Fraction(1, 16000)
+            out.mux(packet)
+    with pytest.warns(AudioWarning, match="audio stream cannot be decoded .*predicting from the face alone"):
+        res = predictor.run(clip)
+    check_table(res.table, 25)
+    assert res.features.audio_seconds is None and not res.features.valid["logmel"].any()
+    assert res.table["face"].mean() >= 0.9
+
+
 @pytest.mark.parametrize("rotation", [90])
 def test_rotation_metadata_is_applied(tmp_path, predictor, photo, rotation):
     clip = photo_clip(tmp_path / f"rot{rotation}.mp4", photo, n=20, fps=30, rotation=rotation)

@@ -5,7 +5,10 @@ every 10 ms, each from a short analysis frame with a start and end time. A row's
 of its analysis frame (start + half the median frame length, 10 ms for eGeMAPSv02).
 
 Alignment to video frames (``times``, seconds): for frame time ``t`` the LLD rows whose centre lies in
-``[t - window/2, t + window/2)`` are averaged. ``window`` defaults to the median spacing of ``times``
+``[t - window/2, t + window/2)`` are averaged. Centres sit on a 10 ms grid, so at 25 and 30 fps most
+window edges fall exactly on a centre; edges are compared with a 1 microsecond tolerance
+(``EDGE_TOLERANCE_S``), so such a row is taken at the lower edge and left at the upper one whatever the
+rounding of ``t``: the same rows whether ``t`` counts from the file's start or from a chunk's. ``window`` defaults to the median spacing of ``times``
 (one frame period: 40 ms at 25 fps, i.e. 4 rows). When no row falls inside (a window under 10 ms),
 each LLD is linearly interpolated between the nearest rows (edge rows repeat at the ends).
 
@@ -30,11 +33,13 @@ import opensmile
 NAME = "egemaps"
 DIM = 25
 DEFAULT_SAMPLE_RATE = 16000
+EDGE_TOLERANCE_S = 1e-6
 PARAMS: dict[str, Any] = {
     "feature_set": "eGeMAPSv02",
     "level": "LowLevelDescriptors",
     "window": None,
     "sample_rate": DEFAULT_SAMPLE_RATE,
+    "edge_tolerance_s": EDGE_TOLERANCE_S,
     "opensmile": opensmile.__version__,
 }
 """The settings of :func:`egemaps_at` with its defaults (what ``EgemapsExtractor().params`` returns)."""
@@ -107,8 +112,8 @@ class EgemapsExtractor:
             return feats, valid
         window = self.window if self.window is not None else _frame_period(times)
         t = times[valid]
-        lo = np.searchsorted(centres, t - window / 2.0, side="left")
-        hi = np.searchsorted(centres, t + window / 2.0, side="left")
+        lo = np.searchsorted(centres, t - window / 2.0 - EDGE_TOLERANCE_S, side="left")
+        hi = np.searchsorted(centres, t + window / 2.0 - EDGE_TOLERANCE_S, side="left")
         count = hi - lo
         csum = np.concatenate([np.zeros((1, self.dim)), np.cumsum(values, axis=0, dtype=np.float64)])
         mean = (csum[hi] - csum[lo]) / np.maximum(count, 1)[:, None]

@@ -24,6 +24,7 @@ from vafusion.config import FeaturesConfig
 from vafusion.data.affwild2 import Corpus, Sample, crop_index, read_annotation
 from vafusion.errors import VafusionError
 from vafusion.accel import anchor_rows, fill_between_anchors
+from vafusion.features.audio_stream import CHUNK_S, MARGIN_S, stream_audio_features
 from vafusion.features.extractors import build_extractor
 from vafusion.features.store import (
     MANIFEST,
@@ -34,9 +35,13 @@ from vafusion.features.store import (
     write_features,
 )
 from vafusion.io.atomic import clean_stale_temps, write_json
-from vafusion.io.video import VideoInfo, probe, read_audio, row_times
+from vafusion.io.video import VideoInfo, probe, row_times
 
 CROP_SIZE = 112
+CHUNK_SENSITIVE = ("egemaps",)
+"""Audio extractors whose rows change (slightly) with the chunking of :func:`stream_audio_features`: openSMILE
+resamples 44.1/48 kHz audio itself, not bit-exactly shift-invariantly, and its formant tracker amplifies
+that (``tests/test_audio_stream.py``). The log-mel extractors give the whole-file rows to the last bit."""
 
 
 @dataclass
@@ -102,15 +107,6 @@ def _probe(path: Path) -> VideoInfo:
     return _probe_cached(path, _stamp(path))
 
 
-@lru_cache(maxsize=1)
-def _audio_cached(path: Path, stamp: tuple[int, int]) -> tuple[np.ndarray, int] | None:
-    return read_audio(path, sample_rate=None)
-
-
-def _audio(path: Path) -> tuple[np.ndarray, int] | None:
-    return _audio_cached(path, _stamp(path))
-
-
 def sample_frames(sample: Sample) -> tuple[int, float, list[str]]:
     """Number of rows to produce, fps, and notes (annotation length vs video frame count)."""
     notes = []
@@ -149,14 +145,16 @@ def _read_crop(path: Path) -> np.ndarray | None:
 
 
 def configured_extractor(name: str, cfg: FeaturesConfig):
-    """``build_extractor`` plus the run settings that change a face stream's rows (``face_stride``), which
-    therefore enter its fingerprint."""
+    """``build_extractor`` plus the run settings that change a stream's rows, which therefore enter its
+    fingerprint: ``face_stride`` for face streams, the audio chunking for extractors whose rows depend on it."""
     if cfg.face_stride < 1:
         raise VafusionError(None, f"features.face_stride must be >= 1, got {cfg.face_stride}",
                             "set features.face_stride=1 (encode every face) or more")
     ext = build_extractor(name, cfg)
     if ext.modality == "face" and cfg.face_stride > 1:
         ext.params = {**ext.params, "face_stride": cfg.face_stride}
+    if ext.name in CHUNK_SENSITIVE:
+        ext.params = {**ext.params, "audio_chunk_s": CHUNK_S, "audio_margin_s": MARGIN_S}
     return ext
 
 
@@ -204,16 +202,18 @@ def face_features(extractor, sample: Sample, n: int, batch: int, stats: Extracto
 
 
 def audio_features(extractor, sample: Sample, times: np.ndarray, stats: ExtractorStats) -> tuple[np.ndarray, np.ndarray]:
-    """Audio features at the frame times; a video without audio gives all-invalid rows."""
-    audio = _audio(sample.video)
-    if audio is None or audio[0].size == 0:
+    """Audio features at the frame times, read in chunks so memory does not grow with the video's length
+    (:func:`stream_audio_features`, as ``vafusion predict``); a video without audio gives all-invalid rows."""
+    got = stream_audio_features(sample.video, [extractor], times)
+    feats, valid = got.feats[0], got.valid[0]
+    if not got.seconds:
         stats.notes["no audio track"].append(sample.name)
-        return np.zeros((len(times), extractor.dim), np.float32), np.zeros(len(times), bool)
-    wave, sr = audio
-    feats, valid = extractor.at_times(wave, sr, times)
-    if len(times) and len(wave) / sr < times[-1]:
+        return feats, valid
+    if got.nonfinite[0]:
+        stats.notes["NaN/Inf rows zeroed and masked"].append(f"{sample.name} ({got.nonfinite[0]})")
+    if len(times) and got.seconds < times[-1]:
         stats.notes["audio shorter than video"].append(sample.name)
-    stats.media_seconds += len(wave) / sr
+    stats.media_seconds += got.seconds
     return feats, valid
 
 

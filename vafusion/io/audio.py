@@ -1,0 +1,100 @@
+"""Streaming audio: the first audio stream of a media file as overlapping mono chunks.
+
+A whole hour of 44.1 kHz audio is 600 MB as float32 and several GB once a front end resamples it and
+builds its spectrogram in float64; chunks keep that bounded by the chunk length instead of the file's.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from vafusion.errors import MediaError
+from vafusion.io.video import _open
+
+
+@dataclass
+class AudioChunk:
+    """A stretch of mono audio: ``wave`` starts at ``start`` s; frames at ``core_start <= t < core_end`` use it.
+
+    ``total`` (s) is the length of the whole track, known only on the last chunk (``None`` before).
+    """
+
+    wave: np.ndarray
+    rate: int
+    start: float
+    core_start: float
+    core_end: float
+    total: float | None
+
+
+def iter_audio_chunks(path: str | Path, chunk_s: int = 30, margin_s: int = 2) -> Iterator[AudioChunk]:
+    """Decode the first audio stream in order and yield overlapping mono chunks; nothing if there is no audio.
+
+    Samples are FFmpeg's mono downmix at the stream's own rate, exactly what
+    :func:`vafusion.io.video.read_audio` returns with ``sample_rate=None``; chunk ``k`` holds the samples
+    from ``k * chunk_s - margin_s`` to ``(k + 1) * chunk_s + margin_s`` seconds (clipped to the track), so at
+    most ``chunk_s + 2 * margin_s`` seconds are held at a time. Chunk borders are whole seconds, so any
+    resampling to 16 kHz and the 10 ms analysis grids of the front ends line up with a whole-file pass.
+
+    The last chunk's core runs to infinity and carries ``total``; an empty audio stream yields one empty
+    chunk with ``total = 0``. A stream that breaks mid-way ends at the last decodable sample, like
+    ``read_audio``; one that cannot be decoded at all raises the same ``MediaError`` as ``read_audio``.
+    """
+    if chunk_s < 1 or margin_s < 1 or int(chunk_s) != chunk_s or int(margin_s) != margin_s:
+        raise ValueError(f"chunk_s and margin_s must be whole seconds >= 1, got {chunk_s} and {margin_s}")
+    path = Path(path)
+    container = _open(path)  # the one-line errors for a missing, empty or foreign file
+    with container:
+        if not container.streams.audio:
+            return
+        stream = container.streams.audio[0]
+        rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+        if rate <= 0:
+            return
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        size, margin = int(chunk_s) * rate, int(margin_s) * rate
+        buf = np.zeros(0, np.float32)
+        buf_start = 0  # sample index of buf[0] in the track
+        pieces: list[np.ndarray] = []
+        pending = 0
+        core = 0
+
+        def decoded() -> Iterator[np.ndarray]:
+            got = False
+            try:
+                for frame in container.decode(stream):
+                    for out in resampler.resample(frame):
+                        got = True
+                        yield out.to_ndarray().reshape(-1)
+            except av.error.FFmpegError as exc:
+                if not got:
+                    raise MediaError(path, f"audio stream cannot be decoded ({exc})",
+                                     "re-encode the audio with ffmpeg, or run without audio features") from None
+                return
+            for out in resampler.resample(None):
+                yield out.to_ndarray().reshape(-1)
+
+        for samples in decoded():
+            pieces.append(samples)
+            pending += samples.size
+            if buf_start + buf.size + pending < core + size + margin:
+                continue
+            buf = np.concatenate([buf, *pieces])
+            pieces, pending = [], 0
+            while buf_start + buf.size >= core + size + margin:
+                lo = max(0, core - margin)
+                seg = buf[lo - buf_start : core + size + margin - buf_start]
+                yield AudioChunk(seg, rate, lo / rate, core / rate, (core + size) / rate, None)
+                core += size
+                drop = max(0, core - margin) - buf_start
+                buf = buf[drop:].copy()
+                buf_start += drop
+        buf = np.concatenate([buf, *pieces]).astype(np.float32, copy=False)
+        lo = max(0, core - margin)
+        total = buf_start + buf.size
+        yield AudioChunk(buf[lo - buf_start :], rate, lo / rate, core / rate, math.inf, total / rate)
