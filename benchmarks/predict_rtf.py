@@ -11,7 +11,15 @@ Default clip: the real test video ``s32.mp4`` (1280x720, 30 fps, 6 s, AAC 44.1 k
 and RTF = processing seconds / media seconds (below 1: faster than real time). ``--memory`` also runs the
 clip and a 4x longer one in fresh processes and prints their peak resident memory.
 
+``--iresnet`` times the paper's visual front end instead of the demo's landmark stand-in: a timing run is
+built next to the demo run with a fixed-seed IResNet-50 (BatchNorm statistics fitted on demo crops, so its
+activations have a trained network's scale) and the demo's fold models widened to 512-d face features,
+with random weights (speed does not depend on values). ``--strides 1,2`` times each
+``features.face_stride`` side by side, in interleaved passes. ``make bench`` runs the section :func:`run`:
+the demo run and the IResNet-50 run at strides 1 and 2.
+
     python benchmarks/predict_rtf.py [--run runs/demo] [--video PATH] [--loops 1] [--threads 2] [--memory]
+    python benchmarks/predict_rtf.py --iresnet --strides 1,2
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+from _common import DEMO, Section, demo_ready, load_text, table
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEO = REPO.parent / "shared" / "testdata" / "videos" / "s32.mp4"
@@ -72,8 +81,9 @@ def looped(src: Path, loops: int, dst: Path) -> Path:
     return dst
 
 
-def measure(run: Path, video: Path, threads: int, repeats: int) -> dict:
-    """Load the predictor, predict ``video`` ``repeats`` times; timings of each pass and the load."""
+def measure(run: Path, video: Path, threads: int, repeats: int, strides: tuple[int | None, ...] = (None,)) -> dict:
+    """Load one predictor per face stride (``None``: the run's own), predict ``video`` ``repeats`` times with
+    each in interleaved order; timings of each pass and of the loads."""
     import torch
 
     torch.set_num_threads(threads)
@@ -82,28 +92,107 @@ def measure(run: Path, video: Path, threads: int, repeats: int) -> dict:
     cv2.setNumThreads(threads)
     from vafusion.predict import Predictor
 
-    t0 = time.perf_counter()
-    predictor = Predictor.from_run(run)
-    load = time.perf_counter() - t0
-    passes = []
+    predictors, loads = {}, {}
+    for k in strides:
+        t0 = time.perf_counter()
+        predictors[k] = Predictor.from_run(run, feature_overrides=[] if k is None else [f"features.face_stride={k}"])
+        loads[k] = time.perf_counter() - t0
+    passes: dict = {k: [] for k in strides}
     for _ in range(repeats):
-        res = predictor.run(video)
-        vf = res.features
-        passes.append(
-            {
-                "timings": vf.timings,
-                "frames": vf.length,
-                "media_s": float(vf.times[-1]) + 1.0 / vf.fps if vf.length else 0.0,
-                "face": float(res.table["face"].mean()),
-            }
-        )
+        for k, predictor in predictors.items():
+            res = predictor.run(video)
+            vf = res.features
+            passes[k].append(
+                {
+                    "timings": vf.timings,
+                    "frames": vf.length,
+                    "media_s": float(vf.times[-1]) + 1.0 / vf.fps if vf.length else 0.0,
+                    "face": float(res.table["face"].mean()),
+                    "face_stride": int(predictor.config.features.face_stride),
+                }
+            )
+    first = predictors[strides[0]]
     return {
-        "load_s": load,
-        "folds": len(predictor.models),
-        "streams": predictor.streams,
-        "passes": passes,
+        "load_s": loads[strides[0]],
+        "folds": len(first.models),
+        "streams": first.streams,
+        "passes": passes[strides[0]],
+        "by_stride": {str(k): passes[k] for k in strides},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def iresnet_run(demo: Path, dst: Path, seed: int = 0) -> Path:
+    """A timing run with the paper's visual front end (see the module docstring); returns ``dst``."""
+    import torch
+    import yaml
+    from face_encoding import demo_crops, reference_net
+
+    from vafusion.config import load_config
+    from vafusion.models.fusion import BranchSpec, FusionNet
+    from vafusion.train.data import Normaliser
+    from vafusion.train.fit import save_model
+    from vafusion.weights import load_model
+
+    dst.mkdir(parents=True, exist_ok=True)
+    crops, _ = demo_crops(64, seed)
+    weights = dst / "iresnet50_fixed_seed.pth"
+    torch.save(reference_net(crops, "iresnet50", seed).state_dict(), weights)
+    raw = yaml.safe_load((demo / "config.yaml").read_text())
+    raw.setdefault("features", {}).update(visual="iresnet", iresnet_arch="iresnet50", iresnet_weights=str(weights))
+    (dst / "config.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(dst / "config.yaml")
+    for path in sorted((demo / "models" / "fusion").glob("fold*.pt")):
+        old, norm, streams, payload = load_model(path)
+        fc = old.cfg
+        fc.branches = [BranchSpec(b.name, 512 if b.name == "visual" else b.dim) for b in fc.branches]
+        torch.manual_seed(seed)
+        net = FusionNet(fc).eval()
+        mean = {**norm.mean, "visual": np.zeros(512, np.float32)}
+        std = {**norm.std, "visual": np.ones(512, np.float32)}
+        out = dst / "models" / "fusion" / path.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_model(out, net, Normaliser(mean, std), {**streams, "visual": "iresnet"}, cfg, payload.get("extra", {}))
+    return dst
+
+
+def stage_row(label: str, p: dict) -> list[str]:
+    """One table row: stage seconds, total, RTF and frames/s of one prediction pass."""
+    t, n, media = p["timings"], p["frames"], p["media_s"]
+    stages = [f"{sum(t.get(x, 0.0) for x in keys):.2f}" for keys in GROUPS.values()]
+    return [label, *stages, f"{t['total']:.2f}", f"{t['total'] / media:.2f}", f"{n / t['total']:.1f}"]
+
+
+def run(rounds: int = 2) -> Section:
+    """``make bench`` section: RTF of the demo run and of the IResNet-50 timing run at face strides 1 and 2."""
+    why = demo_ready()
+    if why:
+        return Section("predict: real-time factor", f"Skipped: {why}.")
+    if not DEFAULT_VIDEO.is_file():
+        return Section("predict: real-time factor", f"Skipped: {DEFAULT_VIDEO} not found.")
+    rows, data = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = {
+            "demo run (landmarks stand-in)": (DEMO, (None,)),
+            "IResNet-50 (fixed-seed weights)": (iresnet_run(DEMO, Path(tmp) / "iresnet"), (1, 2)),
+        }
+        for label, (run_dir, strides) in cases.items():
+            r = measure(run_dir, DEFAULT_VIDEO, 2, rounds, strides)
+            data[label] = r
+            for k, passes in r["by_stride"].items():
+                best = min(passes, key=lambda p: p["timings"]["total"])
+                stride = best["face_stride"]
+                rows.append(stage_row(f"{label}, face_stride {stride}", best))
+    md = [
+        f"`vafusion predict` on `{DEFAULT_VIDEO.name}` (1280x720, 30 fps, 6 s, AAC), the demo's six fold models "
+        f"averaged, 2 threads; best of {rounds} interleaved passes, seconds per stage ({load_text()} when done):",
+        "",
+        table(["model", *GROUPS, "total s", "RTF", "frames/s"], rows),
+        "",
+        "RTF = processing seconds / media seconds (below 1 = faster than real time). The CCC cost of a face "
+        "stride is in \"Doing less: face stride\".",
+    ]
+    return Section("predict: real-time factor", "\n".join(md), data)
 
 
 def report(result: dict, video: Path) -> None:
@@ -138,14 +227,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch/OpenCV threads (default 2)")
     ap.add_argument("--repeats", type=int, default=2, help="prediction passes (the first includes warm-up)")
     ap.add_argument("--memory", action="store_true", help="peak memory of the clip vs a 4x longer one")
+    ap.add_argument("--iresnet", action="store_true",
+                    help="time a run with IResNet-50 faces built from --run (see above) instead of --run itself")
+    ap.add_argument("--strides", default="",
+                    help="comma list of features.face_stride values to time side by side (default: the run's)")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    strides = tuple(int(x) for x in args.strides.split(",") if x.strip()) or (None,)
     with tempfile.TemporaryDirectory() as tmp:
         video = args.video if args.loops <= 1 else looped(args.video, args.loops, Path(tmp) / "looped.mp4")
+        if args.iresnet:
+            args.run = iresnet_run(args.run, Path(tmp) / "iresnet")
         if args.json:
-            print(json.dumps(measure(args.run, video, args.threads, args.repeats)))
+            print(json.dumps(measure(args.run, video, args.threads, args.repeats, strides)))
             return 0
-        report(measure(args.run, video, args.threads, args.repeats), video)
+        result = measure(args.run, video, args.threads, args.repeats, strides)
+        for k, passes in result["by_stride"].items():
+            if len(strides) > 1:
+                print(f"\n=== features.face_stride {passes[0]['face_stride']} ===")
+            report({**result, "passes": passes}, video)
         if args.memory:
             long = looped(args.video, 4 * max(args.loops, 1), Path(tmp) / "long.mp4")
             for clip in (video, long):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,36 @@ def test_real_videos_decode_with_rotation_applied(shared_videos):
     assert (info.width, info.height) == (720, 1364)
     first = next(iter_frames(shared_videos / "s29.mp4"))
     assert first.image.shape == (1364, 720, 3)
+
+
+def test_read_ahead_keeps_order_and_raises_where_the_source_did() -> None:
+    import threading
+
+    from vafusion.io.video import read_ahead
+
+    def source():
+        yield from range(20)
+        raise MediaError(Path("clip.mp4"), "decoding stopped at frame 20 (test)", "re-encode it")
+
+    got = []
+    with pytest.raises(MediaError, match="frame 20"):
+        for x in read_ahead(source(), depth=3):
+            got.append(x)
+    assert got == list(range(20))
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    reader = read_ahead(endless(), depth=2)
+    assert [next(reader) for _ in range(5)] == [0, 1, 2, 3, 4]
+    reader.close()  # the consumer stops early: the producer thread ends and closes its source
+    assert closed.wait(2.0)
+    assert not any(t.name == "vafusion-read-ahead" for t in threading.enumerate())

@@ -144,7 +144,8 @@ def predict_sample(
             ext = predictor.extractors[predictor.streams[role]]
             if ext.modality == "face":
                 feats[role], valid[role] = face_features(
-                    ext, sample, n, int(predictor.config.features.face_batch), stats
+                    ext, sample, n, int(predictor.config.features.face_batch), stats,
+                    stride=int(predictor.config.features.face_stride),
                 )
             else:
                 feats[role], valid[role] = audio_features(ext, sample, times, stats)

@@ -87,7 +87,8 @@ class Box(NamedTuple):
 
 
 class FaceFrame(NamedTuple):
-    """Result for one frame: the aligned crop and the subject's box, both ``None`` without a face."""
+    """Result for one frame: the aligned crop and the subject's box, both ``None`` without a face (the crop
+    is also ``None`` when the caller asked ``FaceTrack.step`` not to align)."""
 
     crop: np.ndarray | None
     box: Box | None
@@ -333,8 +334,12 @@ class FaceTrack:
         self._tracker = self._box = None
         return None
 
-    def step(self, frame: np.ndarray) -> FaceFrame:
-        """Process the next frame of the video."""
+    def step(self, frame: np.ndarray, align: bool = True) -> FaceFrame:
+        """Process the next frame of the video.
+
+        With ``align=False`` the subject is still detected or tracked but not aligned: a face gives
+        ``FaceFrame(None, box)`` and the caller aligns only the frames it needs (``aligner.align``).
+        """
         frame = _check_frame(frame)
         scheduled = self._index % self.detect_every == 0
         self._index += 1
@@ -350,6 +355,8 @@ class FaceTrack:
             box = self._box = self._last_seen = tracked
         if box is None:
             return FaceFrame(None, None)
+        if not align:
+            return FaceFrame(None, box)
         crop, _ = self.aligner.align(frame, box)
         return FaceFrame(crop, box)
 

@@ -4,7 +4,9 @@ Everything reads streams incrementally, so memory does not grow with video lengt
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -173,6 +175,57 @@ def iter_frames(path: str | Path, start_time: float | None = None) -> Iterator[F
                              "the file is probably truncated or corrupt; re-encode it with ffmpeg") from None
     if index == 0:
         raise MediaError(path, "no frame could be decoded", "check that the file is a complete video")
+
+
+def read_ahead(items: Iterable, depth: int = 8) -> Iterator:
+    """Yield ``items`` in order while a background thread produces up to ``depth`` of them in advance.
+
+    FFmpeg decodes without holding the GIL, so wrapping :func:`iter_frames` overlaps decoding with the
+    single-threaded face detection and tracking that consume the frames. An exception raised by the
+    producer is raised here at the same point of the sequence; closing this generator early stops the
+    thread (and with it the decoder) within a fraction of a second.
+    """
+    box: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    source = iter(items)
+
+    def produce() -> None:
+        try:
+            for item in source:
+                if not put((True, item)):
+                    return
+            put((True, done))
+        except BaseException as exc:  # noqa: BLE001 - handed over to the consumer, which raises it
+            put((False, exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # a generator such as iter_frames closes its file here, in its own thread
+
+    worker = threading.Thread(target=produce, name="vafusion-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, item = box.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def read_audio(path: str | Path, sample_rate: int | None = 16000) -> tuple[np.ndarray, int] | None:
