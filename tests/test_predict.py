@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 import torch
 
+from vafusion.accel import anchor_rows
 from vafusion.cli import main
 from vafusion.errors import MediaError, VafusionError, WeightsError
 from vafusion.features.extractors import EGeMAPSExtractor, LogMelExtractor
@@ -531,3 +532,34 @@ def test_a_run_from_before_a_default_changed_keeps_its_settings(tmp_path) -> Non
     cfg = run_config(new, None, ["features.audio_hop=0.96"])
     assert cfg.features.audio_hop == 0.96 and cfg.features.face_stride == 3
     assert Config().features.audio_hop == 0.48  # a new run records the new default
+
+
+def test_face_stride_encodes_every_kth_face_of_a_run_and_interpolates(tmp_path, tiny, photo):
+    """``features.face_stride`` k: predict encodes the first, every k-th and the last face of each run of
+    frames with a face (as ``extract`` does) and interpolates the rest; runs are never bridged."""
+    face = np.ones(40, bool)
+    face[15:27] = False
+    clip = photo_clip(tmp_path / "stride.mp4", photo, n=40, fps=30, face=face)
+    runs = {}
+    for k in (1, 3):
+        pred = Predictor.from_run(tiny / "run", feature_overrides=[f"features.face_stride={k}"])
+        ext = pred.extractors[pred.streams["visual"]]
+        seen = []
+        encode = ext.encode
+        ext.encode = lambda crops, encode=encode, seen=seen: (seen.append(len(crops)), encode(crops))[1]
+        runs[k] = (pred.extract(clip), sum(seen))
+    (one, n1), (three, n3) = runs[1], runs[3]
+    assert np.array_equal(one.face, three.face) and n1 == one.face.sum()
+    present = np.flatnonzero(three.face)
+    anchors = anchor_rows(three.face, 3)
+    assert n3 == len(anchors) < n1 / 2
+    f1, f3 = one.feats["visual"], three.feats["visual"]
+    assert np.array_equal(three.valid["visual"], one.valid["visual"])
+    assert np.allclose(f3[anchors], f1[anchors], atol=1e-5)  # encoded rows: the same crops, the same rows
+    others = np.setdiff1d(present, anchors)
+    assert len(others) and not np.allclose(f3[others], f1[others], atol=1e-6)  # interpolated, not encoded
+    for r in others:  # each interpolated row lies between its run's neighbouring anchors
+        lo, hi = anchors[anchors < r].max(), anchors[anchors > r].min()
+        assert hi - lo <= 3 and three.face[lo:hi + 1].all()
+        w = (r - lo) / (hi - lo)
+        assert np.allclose(f3[r], (1 - w) * f3[lo] + w * f3[hi], atol=1e-5)

@@ -6,7 +6,9 @@ beyond one small row per frame:
 1. **Video**: PyAV decodes one frame at a time (rotation metadata applied, presentation timestamps kept,
    so variable-frame-rate video keeps its real timing). ``FaceTrack`` detects the subject every
    ``detect_every`` frames, tracks it in between and aligns it to the ArcFace 112x112 template; aligned
-   crops are encoded by the run's face extractor in batches of ``features.face_batch``.
+   crops are encoded by the run's face extractor in batches of ``features.face_batch``. With
+   ``features.face_stride`` k > 1 only every k-th face of each run of frames with a face, and the run's
+   last, is encoded and the rest interpolated, as ``vafusion extract`` does for the training features.
 2. **Audio**: :func:`vafusion.features.audio_stream.stream_audio_features`, the function ``vafusion
    extract`` uses too: the first audio stream is decoded in order and downmixed to mono by FFmpeg at its
    own rate, then cut into ``audio_chunk_s`` chunks with ``audio_margin_s`` of context on each side; each
@@ -49,8 +51,8 @@ import pandas as pd
 from vafusion.config import Config, load_config
 from vafusion.errors import MediaError, VafusionError, WeightsError
 from vafusion.io.atomic import atomic_path
-from vafusion.io.face import FaceAligner, FaceTrack, Subject
-from vafusion.io.video import VideoInfo, iter_frames, probe, row_times
+from vafusion.io.face import Box, FaceAligner, FaceTrack, Subject
+from vafusion.io.video import VideoInfo, iter_frames, probe, read_ahead, row_times
 
 COLUMNS = ["frame", "time", "valence", "arousal", "face"]
 MODEL_KINDS = ("fusion", "visual", "vggish", "logmel")
@@ -473,6 +475,7 @@ class Predictor:
         show = self.progress if progress is None else progress
         face_names = list(dict.fromkeys(self.streams[r] for r in self.roles_with("face")))
         batch = max(1, int(self.config.features.face_batch))
+        stride = max(1, int(self.config.features.face_stride))
         track = FaceTrack(
             self.aligner, detect_every=self.detect_every, subject=self.subject if subject is None else subject
         )
@@ -482,6 +485,20 @@ class Predictor:
         rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in face_names}
         idx_pending: list[int] = []
         crops_pending: list[np.ndarray] = []
+        run_length = 0  # faces in the current run of consecutive frames with a face
+        held: tuple[int, np.ndarray, Box] | None = None  # the run's latest face not yet queued (stride > 1)
+
+        def queue(index: int, image: np.ndarray, box: Box) -> None:
+            """Align one face (only faces that will be encoded are aligned) and encode when a batch is full."""
+            if not face_names:
+                return
+            t0 = time.perf_counter()
+            crop, _ = self.aligner.align(image, box)
+            t["face_step"] += time.perf_counter() - t0
+            idx_pending.append(index)
+            crops_pending.append(crop)
+            if len(crops_pending) >= batch:
+                flush()
 
         def flush() -> None:
             if not crops_pending:
@@ -494,7 +511,7 @@ class Predictor:
             idx_pending.clear()
             crops_pending.clear()
 
-        frames = iter_frames(path)
+        frames = read_ahead(iter_frames(path))  # decoding runs in a thread, beside detection and tracking
         bar = tqdm(
             total=info.n_frames,
             desc=path.name,
@@ -512,22 +529,28 @@ class Predictor:
                 t["video_decode"] += t1 - t0
                 if frame is None:
                     break
-                found = track.step(frame.image)
+                found = track.step(frame.image, align=False)
                 t["face_step"] += time.perf_counter() - t1
                 times.append(frame.time)
-                if found.crop is not None:
+                if found.box is not None:
                     boxes.extend(found.box)
-                    idx_pending.append(frame.index)
-                    crops_pending.append(found.crop)
-                    if len(crops_pending) >= batch and face_names:
-                        flush()
-                    elif not face_names:
-                        idx_pending.clear()
-                        crops_pending.clear()
+                    # features.face_stride: encode every k-th face of a run and its last, as `extract` does
+                    if run_length % stride == 0:
+                        queue(frame.index, frame.image, found.box)
+                        held = None
+                    else:
+                        held = (frame.index, frame.image, found.box)
+                    run_length += 1
                 else:
                     boxes.extend(nan4)
+                    if held is not None:
+                        queue(*held)
+                    held, run_length = None, 0
                 bar.update(1)
+            if held is not None:
+                queue(*held)
         finally:
+            frames.close()
             bar.close()
         flush()
         n = len(times)
@@ -548,7 +571,12 @@ class Predictor:
                 v[idx] = True
             bad = ~np.isfinite(f).all(axis=1)
             f[bad] = 0.0
-            feats[role], valid[role] = f, v & ~bad
+            v &= ~bad
+            if stride > 1:
+                from vafusion.accel import fill_between_anchors
+
+                f, v = fill_between_anchors(f, v, face & ~bad)
+            feats[role], valid[role] = f, v
         timings = {
             "video_decode": t["video_decode"],
             "detect": self.aligner.detect_s,
