@@ -6,7 +6,8 @@
     .venv/bin/python benchmarks/run_all.py --demo --int8   # also time a fresh demo / try int8 (minutes more)
 
 Sections: face encoding (naive vs vafusion's way vs peak, accuracy), doing less on the face side (CCC per
-encoding stride, FaceTrack per detection stride), audio front ends (speed, CCC per hop), training
+encoding stride, FaceTrack per detection stride), audio front ends (speed, CCC per hop), `predict`'s
+real-time factor by stage (demo run; IResNet-50 at face strides 1 and 2), training
 throughput and demo wall time, peak memory vs video length. Parts that need the demo run say so and are
 skipped when ``runs/demo`` is missing (``make demo`` first). A failing section is reported, the others go on.
 """
@@ -24,7 +25,7 @@ from _common import REPO, Section, load_text, machine, machine_markdown, timed
 
 OUT_MD = Path(__file__).with_name("RESULTS.md")
 OUT_JSON = Path(__file__).with_name("RESULTS.json")
-NAMES = ("face_encoding", "face_stride", "audio", "training", "memory")
+NAMES = ("face_encoding", "face_stride", "audio", "predict_rtf", "training", "memory")
 
 
 def section(name: str, args: argparse.Namespace) -> Section:
@@ -41,6 +42,10 @@ def section(name: str, args: argparse.Namespace) -> Section:
         import audio
 
         return audio.run(args.rounds)
+    if name == "predict_rtf":
+        import predict_rtf
+
+        return predict_rtf.run(args.rounds)
     if name == "training":
         import training
 
