@@ -98,3 +98,49 @@ def write_linear_feature_corpus(root: Path, videos: int, frames: int, seed: int 
             x = va @ mix[ext] + noise * rng.normal(size=(frames, d))
             write_features(feature_path(root / "feats", ext, name), x, rng.random(frames) > 0.1, t / 30.0,
                            {"extractor": ext, "fingerprint": "test", "dim": d, "frames": frames, "fps": 30.0})
+
+
+def fast_cv(epochs: int = 1, *extra: str) -> list[str]:
+    """``--set`` options for a tiny, quick network (8 channels, 40-frame windows) trained ``epochs`` epochs."""
+    sets = ["model.tcn_channels=8", "model.attn_dim=8", "model.head_hidden=8", f"train.max_epochs={epochs}",
+            "train.window=40", "train.hop=20", "cv.eval_window=40", "cv.eval_hop=20", *extra]
+    return [arg for s in sets for arg in ("--set", s)]
+
+
+def build_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny synthetic corpus -> features -> fusion models for folds 0 and 1, built once per test session
+    (in pytest's base temp folder, so every module that asks for it shares it)."""
+    from vafusion.cli import main
+    from vafusion.data.synth import make_corpus
+
+    root = tmp_path_factory.getbasetemp() / "tiny_run"
+    if (root / "done").exists():
+        return root
+    make_corpus(root / "data", videos=8, seconds=2, seed=5, progress=False, workers=1)
+    assert main(["extract", "--data", str(root / "data"), "--features", str(root / "feats"), "--quiet"]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny layers: one thread is faster, and immune to busy CPUs
+    try:
+        settings = fast_cv(1, "model.kernel_sizes=[3]", "model.dilations=[1,2]", "fusion_stage.init=scratch",
+                           "cv.folds=[0,1]")
+        assert main(["cv", "--data", str(root / "data"), "--features", str(root / "feats"),
+                     "--out", str(root / "run"), "--models", "fusion", "--quiet", *settings]) in (0, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(p.name for p in (root / "run/models/fusion").glob("*.pt")) == ["fold0.pt", "fold1.pt"]
+    (root / "done").write_text("ok\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run (``tiny / "run"``) with its dataset (``data``) and features (``feats``)."""
+    return build_tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny: Path):
+    """``Predictor.from_run`` of the tiny run (both fold models averaged)."""
+    from vafusion.predict import Predictor
+
+    return Predictor.from_run(tiny / "run")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_annotation, write_video
+from conftest import fast_cv, write_annotation, write_video
 
 from vafusion.cli import main
 from vafusion.data.affwild2 import read_annotation, scan
@@ -29,9 +29,7 @@ from vafusion.io.video import iter_frames, probe, read_audio
 from vafusion.weights import load_iresnet, load_model, load_vggish
 
 ANN = "annotations/VA_Estimation_Challenge"
-FAST = ["--set", "model.tcn_channels=8", "--set", "model.attn_dim=8", "--set", "model.head_hidden=8",
-        "--set", "train.max_epochs=1", "--set", "train.window=40", "--set", "train.hop=20",
-        "--set", "cv.eval_window=40", "--set", "cv.eval_hop=20"]
+FAST = fast_cv(1)
 
 
 

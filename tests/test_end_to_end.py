@@ -3,14 +3,13 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import fast_cv
 
 from vafusion.cli import main
 from vafusion.data.affwild2 import crop_index
 from vafusion.features.store import read_features
 
-FAST = ["--set", "model.tcn_channels=8", "--set", "model.attn_dim=8", "--set", "model.head_hidden=8",
-        "--set", "train.max_epochs=2", "--set", "train.window=40", "--set", "train.hop=20",
-        "--set", "cv.eval_window=40", "--set", "cv.eval_hop=20"]
+FAST = fast_cv(2)
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,7 @@
 
 Clips are made here from matplotlib's real photograph (Grace Hopper) at 25/30/60 fps, rotated, with a
 variable frame rate, with and without audio (16/44.1/8 kHz, mono/stereo); plus the real test videos. The
-model is a tiny run trained in the test (`build_tiny_run`, shared with test_submit.py through pytest's
-base temp folder so one session trains it once).
+model is a tiny run trained in the test (`tiny`/`predictor` in conftest.py, trained once per session).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import matplotlib.cbook
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from vafusion.accel import anchor_rows
 from vafusion.cli import main
@@ -36,78 +34,6 @@ from vafusion.predict import (
     smooth_series,
     write_overlay,
 )
-
-FAST = [
-    "--set",
-    "model.tcn_channels=8",
-    "--set",
-    "model.attn_dim=8",
-    "--set",
-    "model.head_hidden=8",
-    "--set",
-    "model.kernel_sizes=[3]",
-    "--set",
-    "model.dilations=[1,2]",
-    "--set",
-    "train.max_epochs=1",
-    "--set",
-    "train.window=40",
-    "--set",
-    "train.hop=20",
-    "--set",
-    "cv.eval_window=40",
-    "--set",
-    "cv.eval_hop=20",
-    "--set",
-    "fusion_stage.init=scratch",
-    "--set",
-    "cv.folds=[0,1]",
-]
-
-
-def build_tiny_run(tmp_path_factory) -> Path:
-    """Tiny synthetic corpus -> features -> fusion models for folds 0 and 1, built once per test session."""
-    from vafusion.data.synth import make_corpus
-
-    root = tmp_path_factory.getbasetemp() / "tiny_run"
-    if (root / "done").exists():
-        return root
-    make_corpus(root / "data", videos=8, seconds=2, seed=5, progress=False, workers=1)
-    assert main(["extract", "--data", str(root / "data"), "--features", str(root / "feats"), "--quiet"]) == 0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny layers: one thread is faster, and immune to busy CPUs
-    try:
-        assert main(
-            [
-                "cv",
-                "--data",
-                str(root / "data"),
-                "--features",
-                str(root / "feats"),
-                "--out",
-                str(root / "run"),
-                "--models",
-                "fusion",
-                "--quiet",
-                *FAST,
-            ]
-        ) in (0, 1)
-    finally:
-        torch.set_num_threads(threads)
-    assert sorted(p.name for p in (root / "run/models/fusion").glob("*.pt")) == ["fold0.pt", "fold1.pt"]
-    (root / "done").write_text("ok\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny) -> Predictor:
-    return Predictor.from_run(tiny / "run")
-
 
 @pytest.fixture(scope="module")
 def photo() -> np.ndarray:

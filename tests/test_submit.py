@@ -8,12 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_predict import build_tiny_run
-
 from vafusion.cli import main
 from vafusion.data.affwild2 import scan
 from vafusion.errors import VafusionError
-from vafusion.predict import Predictor
 from vafusion.submit import (
     HEADER,
     check_submission,
@@ -23,16 +20,6 @@ from vafusion.submit import (
     write_submission,
 )
 from vafusion.train.data import load_sequence
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny) -> Predictor:
-    return Predictor.from_run(tiny / "run")
 
 
 @pytest.fixture(scope="module")
