@@ -79,14 +79,11 @@ def child_audio(path: str, minutes: float) -> dict:
 
 
 def _voice_block(seconds: float = 10.0) -> np.ndarray:
-    """A voiced 140 Hz tone with moving pitch, syllables and pauses over low noise, mono float32."""
-    t = np.arange(int(seconds * SR)) / SR
-    f0 = 140 * (1 + 0.15 * np.sin(2 * np.pi * 0.7 * t))
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
-    envelope = (np.sin(2 * np.pi * 1.7 * t) > -0.2) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t) ** 2)
-    noise = 0.02 * np.random.default_rng(0).standard_normal(t.size)
-    return (0.2 * voiced * envelope + noise).astype(np.float32)
+    """Ten seconds of the synthetic corpus's speech-like voice at 44.1 kHz (mono float32), looped by the clip."""
+    from vafusion.data.synth import synth_voice
+
+    t = np.arange(int(round(seconds * FPS))) / FPS
+    return synth_voice(0.5 * np.sin(0.4 * t), np.sin(0.7 * t), FPS, SR, np.random.default_rng(0))
 
 
 def make_clip(path: Path, minutes: float) -> None:

@@ -22,14 +22,11 @@ CHUNK_S, MARGIN_S = 3, 2
 
 
 def speech(seconds: float, rate: int) -> np.ndarray:
-    """Voiced 140 Hz harmonics with a moving F0, syllable envelope and pauses, over low noise (mono float32)."""
-    t = np.arange(int(seconds * rate)) / rate
-    f0 = 140 * (1 + 0.15 * np.sin(2 * np.pi * 0.7 * t))
-    phase = 2 * np.pi * np.cumsum(f0) / rate
-    wave = sum(np.sin(k * phase) / k for k in range(1, 8))
-    envelope = (np.sin(2 * np.pi * 1.7 * t) > -0.2) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t) ** 2)
-    noise = 0.02 * np.random.default_rng(0).standard_normal(t.size)
-    return (0.2 * wave * envelope + noise).astype(np.float32)
+    """The synthetic corpus's speech-like voice (mono float32) with slowly moving valence and arousal."""
+    from vafusion.data.synth import synth_voice
+
+    t = np.arange(int(round(seconds * 30))) / 30
+    return synth_voice(0.5 * np.sin(0.4 * t), np.sin(0.7 * t), 30, rate, np.random.default_rng(0))
 
 
 def clip(path: Path, rate: int = 16000, seconds: float = SECONDS, garbage_after: float | None = None) -> Path:
