@@ -1,7 +1,7 @@
 """Peak memory vs video length: audio features and decoding + face tracking on long synthetic clips.
 
-    .venv/bin/python benchmarks/memory.py                     # audio and video 1/10/60 min (4 min idle)
-    .venv/bin/python benchmarks/memory.py --audio-minutes 1 10 --video-minutes 1 10   # what `make bench` runs
+    .venv/bin/python benchmarks/memory.py                     # audio and video 1/10/60 min (4 min idle; make bench)
+    .venv/bin/python benchmarks/memory.py --audio-minutes 1 10 --video-minutes 1 10   # 1 min idle
     .venv/bin/python benchmarks/memory.py --quick             # audio and video 1/5 min
 
 Every case runs in a fresh process and reports its peak resident set (``VmHWM``) and the resident set
@@ -9,7 +9,7 @@ just before the measured work started (imports, extractors and the frame times a
 growth = what the work itself needed.
 
 The input is one L-minute MP4 per length: 30 fps 64x48 noise video (tiny frames keep the clip cheap to
-make) and a 44.1 kHz mono AAC track of a voiced, syllable-modulated tone over low noise.
+make) and a 44.1 kHz mono AAC track of the synthetic corpus's speech-like voice (``synth_voice``, looped).
 
 * audio: ``stream_audio_features`` (what ``vafusion extract`` and ``vafusion predict`` run) with the
   log-mel (per-frame patches, band-statistics encoder) and eGeMAPS extractors at the 30 fps frame times;
@@ -17,9 +17,8 @@ make) and a 44.1 kHz mono AAC track of a voiced, syllable-modulated tone over lo
 * video: ``iter_frames`` + ``FaceTrack(detect_every=5)`` over the same clip (no face is found, so the
   detector runs on every frame).
 
-``make bench`` (``run_all.py``) stops at 10 minutes for both: the 60-minute cases (making the clip 50 s,
-audio 80 s, video 58 s on the idle 2-core EPYC, about three times that when the machine is shared as
-during the last ``make bench``) would push it past its 10-minute budget. This script's default runs them.
+``make bench`` (``run_all.py``) runs all three lengths: the 60-minute cases take about 3 minutes on the idle
+2-core EPYC (making the clip 50 s, audio 80 s, video 58 s); on a busy machine that can triple.
 """
 
 from __future__ import annotations
