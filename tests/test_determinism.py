@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from test_interruption import write_feature_corpus
+from conftest import write_linear_feature_corpus
 
 from vafusion.cli import main
 from vafusion.config import load_config
@@ -38,7 +38,7 @@ def one_thread():
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two complete `vafusion cv` runs (fusion and vggish, fold 0) with the same seed, in ``a`` and ``b``."""
     root = tmp_path_factory.mktemp("determinism")
-    write_feature_corpus(root, videos=8, frames=120, seed=3)
+    write_linear_feature_corpus(root, videos=8, frames=120, seed=3, noise=1.5)
     for out in ("a", "b"):
         args = ["cv", "--data", str(root / "data"), "--features", str(root / "feats"), "--out", str(root / out),
                 "--quiet", "--models", ",".join(MODELS), "--set", "fusion_stage.init=scratch"]
