@@ -18,7 +18,12 @@ so a video with a broken or missing audio track still yields a validity mask the
 
 The signal is resampled to 16 kHz first (``sample_rate=None`` keeps the input rate): the voicing-based
 LLDs (F0, jitter, shimmer, formants) change with the input rate, and videos come at 44.1 or 48 kHz,
-so a fixed rate keeps features comparable across videos; it also halves the cost at 44.1 kHz.
+so a fixed rate keeps features comparable across videos; it also halves the cost at 44.1 kHz. The
+resampling is vafusion's own (:func:`vafusion.features.vggish.resample`, the VGGish front end's), not
+openSMILE's: it is shift-invariant to the last bit for chunks that start on a whole second, so audio read
+in chunks (``stream_audio_features``) gives the rows of a whole-file pass at every input rate, whereas
+openSMILE's resampler differs by ~1e-7 between a chunk and the whole file and its formant tracker turns
+that into jumps.
 Voicing-based LLDs are 0 on unvoiced rows (openSMILE's convention) and are averaged as such.
 """
 from __future__ import annotations
@@ -40,18 +45,18 @@ PARAMS: dict[str, Any] = {
     "window": None,
     "sample_rate": DEFAULT_SAMPLE_RATE,
     "edge_tolerance_s": EDGE_TOLERANCE_S,
+    "resampler": "vafusion kaiser_best",
     "opensmile": opensmile.__version__,
 }
 """The settings of :func:`egemaps_at` with its defaults (what ``EgemapsExtractor().params`` returns)."""
 
 
-@functools.lru_cache(maxsize=4)
-def _smile(sample_rate: int | None) -> opensmile.Smile:
+@functools.lru_cache(maxsize=1)
+def _smile() -> opensmile.Smile:
+    """openSMILE at the rate it is given (resampling, when wanted, happens before: see the module doc)."""
     return opensmile.Smile(
         feature_set=opensmile.FeatureSet.eGeMAPSv02,
         feature_level=opensmile.FeatureLevel.LowLevelDescriptors,
-        sampling_rate=sample_rate,
-        resample=sample_rate is not None,
     )
 
 
@@ -71,7 +76,7 @@ class EgemapsExtractor:
             raise ValueError(f"window must be > 0 seconds, got {window}")
         self.window = window
         self.sample_rate = sample_rate
-        self._smile = _smile(sample_rate)
+        self._smile = _smile()
         self.columns: list[str] = list(self._smile.feature_names)
         if len(self.columns) != self.dim:
             raise RuntimeError(f"openSMILE eGeMAPSv02 gives {len(self.columns)} LLDs, expected {self.dim}")
@@ -86,6 +91,13 @@ class EgemapsExtractor:
         waveform = _check_waveform(waveform, sample_rate)
         if waveform.size == 0:
             return np.zeros((0, self.dim), np.float32), np.zeros(0)
+        if self.sample_rate is not None and sample_rate != self.sample_rate:
+            from vafusion.features.vggish import resample
+
+            waveform = resample(waveform, sample_rate, self.sample_rate).astype(np.float32)
+            sample_rate = self.sample_rate
+            if waveform.size == 0:
+                return np.zeros((0, self.dim), np.float32), np.zeros(0)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Segment too short")
             df = self._smile.process_signal(waveform, sample_rate)

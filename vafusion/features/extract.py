@@ -24,7 +24,7 @@ from vafusion.config import FeaturesConfig
 from vafusion.data.affwild2 import Corpus, Sample, crop_index, read_annotation
 from vafusion.errors import VafusionError
 from vafusion.accel import anchor_rows, fill_between_anchors
-from vafusion.features.audio_stream import CHUNK_S, MARGIN_S, stream_audio_features
+from vafusion.features.audio_stream import stream_audio_features
 from vafusion.features.extractors import build_extractor
 from vafusion.features.store import (
     MANIFEST,
@@ -38,10 +38,6 @@ from vafusion.io.atomic import clean_stale_temps, write_json
 from vafusion.io.video import VideoInfo, probe, row_times
 
 CROP_SIZE = 112
-CHUNK_SENSITIVE = ("egemaps",)
-"""Audio extractors whose rows change (slightly) with the chunking of :func:`stream_audio_features`: openSMILE
-resamples 44.1/48 kHz audio itself, not bit-exactly shift-invariantly, and its formant tracker amplifies
-that (``tests/test_audio_stream.py``). The log-mel extractors give the whole-file rows to the last bit."""
 
 
 @dataclass
@@ -145,16 +141,14 @@ def _read_crop(path: Path) -> np.ndarray | None:
 
 
 def configured_extractor(name: str, cfg: FeaturesConfig):
-    """``build_extractor`` plus the run settings that change a stream's rows, which therefore enter its
-    fingerprint: ``face_stride`` for face streams, the audio chunking for extractors whose rows depend on it."""
+    """``build_extractor`` plus the run settings that change a face stream's rows (``face_stride``), which
+    therefore enter its fingerprint. (Audio rows do not depend on how the track is chunked.)"""
     if cfg.face_stride < 1:
         raise VafusionError(None, f"features.face_stride must be >= 1, got {cfg.face_stride}",
                             "set features.face_stride=1 (encode every face) or more")
     ext = build_extractor(name, cfg)
     if ext.modality == "face" and cfg.face_stride > 1:
         ext.params = {**ext.params, "face_stride": cfg.face_stride}
-    if ext.name in CHUNK_SENSITIVE:
-        ext.params = {**ext.params, "audio_chunk_s": CHUNK_S, "audio_margin_s": MARGIN_S}
     return ext
 
 
