@@ -56,8 +56,9 @@ def stream_audio_features(path: str | Path, extractors: Sequence, times: np.ndar
                           chunk_s: int = CHUNK_S, margin_s: int = MARGIN_S) -> AudioFeatures:
     """Each audio extractor's rows at frame ``times`` (T,) s of ``path``'s first audio stream.
 
-    Frames are valid where the extractor says so, never after the end of the track; a file without an
-    audio track, or with an empty one, gives zero rows that are all invalid. A track that breaks mid-way
+    Frames are valid where the extractor says so, never after the end of the track (those rows are zero
+    and not encoded: a video whose sound stops early costs nothing more); a file without an audio track,
+    or with an empty one, gives zero rows that are all invalid. A track that breaks mid-way
     ends at its last decodable sample; one that cannot be decoded at all raises ``MediaError``.
     """
     times = np.asarray(times, np.float64)
@@ -73,7 +74,10 @@ def stream_audio_features(path: str | Path, extractors: Sequence, times: np.ndar
         t1 = time.perf_counter()
         decode_s += t1 - t0
         seconds = chunk.total
-        sel = np.flatnonzero((times >= chunk.core_start) & (times < chunk.core_end))
+        inside = (times >= chunk.core_start) & (times < chunk.core_end)
+        if chunk.total is not None:
+            inside &= times <= chunk.total  # frames after the track's end stay zero and invalid, unencoded
+        sel = np.flatnonzero(inside)
         if extractors and sel.size and chunk.wave.size:
             # One frame either side as context (its row is dropped): extractors that read the frame spacing
             # from the times (eGeMAPS' averaging window) then see it even in a chunk holding a single frame.
