@@ -12,7 +12,6 @@ phase and the 10 ms hop grids match the whole file's.
 """
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,15 +42,6 @@ class AudioFeatures:
     encode_s: float = 0.0
 
 
-def _takes_origin(extractor) -> bool:
-    """Whether ``extractor.at_times`` accepts ``origin`` (the chunk's start in the track, for extractors whose
-    own time grid is anchored to the whole track)."""
-    try:
-        return "origin" in inspect.signature(extractor.at_times).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def stream_audio_features(path: str | Path, extractors: Sequence, times: np.ndarray,
                           chunk_s: int = CHUNK_S, margin_s: int = MARGIN_S) -> AudioFeatures:
     """Each audio extractor's rows at frame ``times`` (T,) s of ``path``'s first audio stream.
@@ -66,7 +56,6 @@ def stream_audio_features(path: str | Path, extractors: Sequence, times: np.ndar
     feats = [np.zeros((n, ext.dim), np.float32) for ext in extractors]
     valid = [np.zeros(n, bool) for _ in extractors]
     nonfinite = [0] * len(extractors)
-    origin = [_takes_origin(ext) for ext in extractors]
     seconds = None
     decode_s = encode_s = 0.0
     t0 = time.perf_counter()
@@ -91,8 +80,8 @@ def stream_audio_features(path: str | Path, extractors: Sequence, times: np.ndar
                 # a frame exactly at the track's end stays inside the chunk despite rounding in ``local``
                 local = np.where(times[ctx] <= chunk.total, np.minimum(local, span), local)
             for i, ext in enumerate(extractors):
-                kw = {"origin": chunk.start} if origin[i] else {}
-                f, v = ext.at_times(chunk.wave, chunk.rate, local, **kw)
+                # origin: the chunk's start in the track, for hop grids anchored to the whole track
+                f, v = ext.at_times(chunk.wave, chunk.rate, local, origin=chunk.start)
                 f = np.asarray(f, np.float32)[keep]
                 v = np.asarray(v, bool)[keep]
                 if chunk.total is not None:
