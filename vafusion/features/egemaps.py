@@ -8,8 +8,8 @@ Alignment to video frames (``times``, seconds): for frame time ``t`` the LLD row
 ``[t - window/2, t + window/2)`` are averaged. Centres sit on a 10 ms grid, so at 25 and 30 fps most
 window edges fall exactly on a centre; edges are compared with a 1 microsecond tolerance
 (``EDGE_TOLERANCE_S``), so such a row is taken at the lower edge and left at the upper one whatever the
-rounding of ``t``: the same rows whether ``t`` counts from the file's start or from a chunk's. ``window`` defaults to the median spacing of ``times``
-(one frame period: 40 ms at 25 fps, i.e. 4 rows). When no row falls inside (a window under 10 ms),
+rounding of ``t``: the same rows whether ``t`` counts from the file's start or from a chunk's.
+``window`` defaults to the median spacing of ``times`` (one frame period: 40 ms at 25 fps, i.e. 4 rows). When no row falls inside (a window under 10 ms),
 each LLD is linearly interpolated between the nearest rows (edge rows repeat at the ends).
 
 Validity: a frame is valid when ``0 <= t <= duration`` of the audio. Invalid frames get zeros. Audio too
