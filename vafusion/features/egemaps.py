@@ -9,8 +9,9 @@ Alignment to video frames (``times``, seconds): for frame time ``t`` the LLD row
 window edges fall exactly on a centre; edges are compared with a 1 microsecond tolerance
 (``EDGE_TOLERANCE_S``), so such a row is taken at the lower edge and left at the upper one whatever the
 rounding of ``t``: the same rows whether ``t`` counts from the file's start or from a chunk's.
-``window`` defaults to the median spacing of ``times`` (one frame period: 40 ms at 25 fps, i.e. 4 rows). When no row falls inside (a window under 10 ms),
-each LLD is linearly interpolated between the nearest rows (edge rows repeat at the ends).
+``window`` defaults to the median spacing of ``times`` (one frame period: 40 ms at 25 fps, i.e. 4 rows).
+When no row falls inside (a window under 10 ms), each LLD is linearly interpolated between the nearest
+rows (edge rows repeat at the ends).
 
 Validity: a frame is valid when ``0 <= t <= duration`` of the audio. Invalid frames get zeros. Audio too
 short to give a single LLD frame (under about 0.1 s, or empty) gives all frames invalid, not an error,
