@@ -87,9 +87,9 @@ def _voice_block(seconds: float = 10.0) -> np.ndarray:
 
 def make_clip(path: Path, minutes: float) -> None:
     """An L-minute 30 fps 64x48 H.264 clip of noise with a 44.1 kHz AAC track, written piece by piece."""
-    from fractions import Fraction
-
     import av
+
+    from vafusion.io.audio import encode_audio
 
     noise = np.random.default_rng(0).integers(0, 256, (16, 48, 64, 3), dtype=np.uint8)
     block = _voice_block()
@@ -106,9 +106,7 @@ def make_clip(path: Path, minutes: float) -> None:
             while done < min(n_samples, (i + 1) * SR // FPS + 1024):
                 k = done % block.size
                 piece = block[k : k + min(1024, n_samples - done, block.size - k)]
-                frame = av.AudioFrame.from_ndarray(piece[None], format="flt", layout="mono")
-                frame.sample_rate, frame.pts, frame.time_base = SR, done, Fraction(1, SR)
-                for p in aus.encode(frame):
+                for p in encode_audio(aus, piece, SR, start=done, flush=False):
                     out.mux(p)
                 done += piece.size
         for stream in (vs, aus):

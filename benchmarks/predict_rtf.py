@@ -51,6 +51,7 @@ GROUPS = {
 
 def looped(src: Path, loops: int, dst: Path) -> Path:
     """``src`` played ``loops`` times in one H.264 + AAC file (same size, rate and audio)."""
+    from vafusion.io.audio import encode_audio
     from vafusion.io.video import iter_frames, probe, read_audio
 
     info = probe(src)
@@ -70,13 +71,7 @@ def looped(src: Path, loops: int, dst: Path) -> Path:
                     out.mux(p)
         for p in vs.encode():
             out.mux(p)
-        full = np.tile(wave, loops)
-        for s in range(0, full.size, 1024):
-            af = av.AudioFrame.from_ndarray(full[None, s : s + 1024], format="flt", layout="mono")
-            af.sample_rate, af.pts, af.time_base = sr, s, Fraction(1, sr)
-            for p in aus.encode(af):
-                out.mux(p)
-        for p in aus.encode():
+        for p in encode_audio(aus, np.tile(wave, loops), sr):
             out.mux(p)
     return dst
 

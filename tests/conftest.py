@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import os
-from fractions import Fraction
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -10,10 +11,31 @@ import numpy as np
 import pytest
 import torch
 
+from vafusion.io.audio import encode_audio
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO.parent / "shared" / "testdata" / "videos"
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` torch threads, then restore the count: the fusion network's layers are tiny,
+    so a second thread only adds hand-over cost, a lot of it on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """A module's tests on one torch thread (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    with torch_threads(1):
+        yield
 
 
 def write_video(path: Path, n_frames: int, fps: int = 30, size: tuple[int, int] = (64, 48), audio: bool = True,
@@ -39,15 +61,7 @@ def write_video(path: Path, n_frames: int, fps: int = 30, size: tuple[int, int] 
             secs = audio_seconds if audio_seconds is not None else n_frames / fps
             t = np.arange(int(secs * sample_rate)) / sample_rate
             wave = (0.3 * np.sin(2 * np.pi * tone * t)).astype(np.float32)
-            step = 1024
-            for k in range(0, len(wave), step):
-                frame = av.AudioFrame.from_ndarray(wave[None, k:k + step], format="flt", layout="mono")
-                frame.sample_rate = sample_rate
-                frame.pts = k
-                frame.time_base = Fraction(1, sample_rate)
-                for p in aus.encode(frame):
-                    out.mux(p)
-            for p in aus.encode():
+            for p in encode_audio(aus, wave, sample_rate):
                 out.mux(p)
     return path
 
@@ -118,15 +132,11 @@ def build_tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return root
     make_corpus(root / "data", videos=8, seconds=2, seed=5, progress=False, workers=1)
     assert main(["extract", "--data", str(root / "data"), "--features", str(root / "feats"), "--quiet"]) == 0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny layers: one thread is faster, and immune to busy CPUs
-    try:
-        settings = fast_cv(1, "model.kernel_sizes=[3]", "model.dilations=[1,2]", "fusion_stage.init=scratch",
-                           "cv.folds=[0,1]")
+    settings = fast_cv(1, "model.kernel_sizes=[3]", "model.dilations=[1,2]", "fusion_stage.init=scratch",
+                       "cv.folds=[0,1]")
+    with torch_threads(1):
         assert main(["cv", "--data", str(root / "data"), "--features", str(root / "feats"),
                      "--out", str(root / "run"), "--models", "fusion", "--quiet", *settings]) in (0, 1)
-    finally:
-        torch.set_num_threads(threads)
     assert sorted(p.name for p in (root / "run/models/fusion").glob("*.pt")) == ["fold0.pt", "fold1.pt"]
     (root / "done").write_text("ok\n")
     return root

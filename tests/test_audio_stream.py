@@ -2,7 +2,6 @@
 the whole-file features, and the streaming reader's edge cases."""
 from __future__ import annotations
 
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -14,7 +13,7 @@ from vafusion.data.affwild2 import Sample
 from vafusion.features.audio_stream import stream_audio_features
 from vafusion.features.extract import ExtractorStats, audio_features
 from vafusion.features.extractors import EGeMAPSExtractor, LogMelExtractor
-from vafusion.io.audio import iter_audio_chunks
+from vafusion.io.audio import encode_audio, iter_audio_chunks
 from vafusion.io.video import read_audio
 
 SECONDS = 11.5  # three 3 s chunks and a partial fourth
@@ -44,13 +43,7 @@ def clip(path: Path, rate: int = 16000, seconds: float = SECONDS, garbage_after:
         for p in vs.encode():
             out.mux(p)
         wave = speech(seconds, rate)
-        packets = []
-        for s in range(0, wave.size, 1024):
-            frame = av.AudioFrame.from_ndarray(wave[None, s : s + 1024], format="flt", layout="mono")
-            frame.sample_rate, frame.pts, frame.time_base = rate, s, Fraction(1, rate)
-            packets += aus.encode(frame)
-        packets += aus.encode()
-        for p in packets:
+        for p in list(encode_audio(aus, wave, rate)):
             if garbage_after is not None and p.pts is not None and p.pts >= garbage_after * rate:
                 bad = av.Packet(rng.bytes(p.size))
                 bad.stream, bad.pts, bad.dts, bad.time_base = aus, p.pts, p.dts, p.time_base

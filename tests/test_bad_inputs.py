@@ -25,6 +25,7 @@ from vafusion.data.affwild2 import read_annotation, scan
 from vafusion.data.synth import make_corpus
 from vafusion.errors import AnnotationError, MediaError, VafusionError, WeightsError
 from vafusion.features.store import read_features, write_features
+from vafusion.io.audio import encode_audio
 from vafusion.io.video import iter_frames, probe, read_audio
 from vafusion.weights import load_iresnet, load_model, load_vggish
 
@@ -33,13 +34,7 @@ FAST = fast_cv(1)
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train on one thread: on a shared 2-core machine two OpenMP threads spin-wait and run 2-3x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny layers: one thread is faster
 
 # ---------------------------------------------------------------------------------------------- media makers
 
@@ -82,12 +77,7 @@ def write_audio_only(path: Path, seconds: float = 1.0, sr: int = 16000) -> Path:
     with av.open(str(path), "w") as out:
         st = out.add_stream("aac", rate=sr)
         st.layout = "mono"
-        for k in range(0, len(wave), 1024):
-            fr = av.AudioFrame.from_ndarray(wave[None, k:k + 1024], format="flt", layout="mono")
-            fr.sample_rate, fr.pts, fr.time_base = sr, k, Fraction(1, sr)
-            for p in st.encode(fr):
-                out.mux(p)
-        for p in st.encode():
+        for p in encode_audio(st, wave, sr):
             out.mux(p)
     return path
 

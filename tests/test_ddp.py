@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import write_linear_feature_corpus
+from conftest import torch_threads, write_linear_feature_corpus
 
 from vafusion.cli import main
 from vafusion.data.affwild2 import scan
@@ -41,13 +41,9 @@ def runs(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("ddp")
     write_linear_feature_corpus(root, videos=10, frames=150, invalid_rows=5)
     common = ["cv", "--data", str(root / "data"), "--features", str(root / "feats")]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each DDP process below; tiny convolutions only lose from more threads
-    try:
+    with torch_threads(1):  # as each DDP process below; tiny convolutions only lose from more threads
         assert main([*common, "--out", str(root / "one"), "--devices", "1", *SETTINGS,
                      "--set", "train.batch_size=4"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     script = root / "run_vafusion.py"
     script.write_text(RUNNER)
     # a clean launch: no rank or cluster variables inherited from whatever runs the tests

@@ -26,13 +26,7 @@ MODELS = ("fusion", "vggish")  # fusion trained from scratch: the cross-attentio
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Train on one thread: on a shared 2-core machine two OpenMP threads spin-wait and run 2-3x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny layers: one thread is faster
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -26,13 +26,7 @@ SMALL = ["model.tcn_channels=8", "model.dilations=[1,2]", "model.attn_dim=16", "
          "cv.eval_window=48", "cv.eval_hop=24"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds hand-over cost, a lot of it on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny layers: one thread is faster
 
 
 def _net(roles: list[str], span: int, seed: int = 0) -> FusionNet:

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import write_linear_feature_corpus
+from conftest import torch_threads, write_linear_feature_corpus
 
 from vafusion.cli import main
 from vafusion.data.synth import make_corpus
@@ -50,12 +50,8 @@ def _kill(proc: subprocess.Popen) -> bool:
 def _in_process(args: list[str]) -> int:
     """Run the CLI here on one thread, as the subprocesses run (OMP_NUM_THREADS=1): same arithmetic, no
     second interpreter start."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return main(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _no_partial_files(root: Path) -> None:

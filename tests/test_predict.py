@@ -24,7 +24,7 @@ from vafusion.accel import anchor_rows
 from vafusion.cli import main
 from vafusion.errors import MediaError, VafusionError, WeightsError
 from vafusion.features.extractors import EGeMAPSExtractor, LogMelExtractor
-from vafusion.io.audio import iter_audio_chunks
+from vafusion.io.audio import encode_audio, iter_audio_chunks
 from vafusion.io.face import ARCFACE_TEMPLATE, CROP_SIZE
 from vafusion.io.video import probe, read_audio
 from vafusion.predict import (
@@ -97,16 +97,7 @@ def photo_clip(
         if aus is not None:
             wave = voice(float(times[-1]) + 1 / fps, audio_rate)
             planes = np.stack([wave, 0.8 * wave]) if channels == 2 else wave[None]
-            for s in range(0, wave.size, 1024):
-                af = av.AudioFrame.from_ndarray(
-                    np.ascontiguousarray(planes[:, s : s + 1024]),
-                    format="fltp",
-                    layout="stereo" if channels == 2 else "mono",
-                )
-                af.sample_rate, af.pts, af.time_base = audio_rate, s, Fraction(1, audio_rate)
-                for p in aus.encode(af):
-                    out.mux(p)
-            for p in aus.encode():
+            for p in encode_audio(aus, planes, audio_rate):
                 out.mux(p)
     return path
 

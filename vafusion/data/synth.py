@@ -36,7 +36,6 @@ import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ import numpy as np
 
 from vafusion.errors import VafusionError
 from vafusion.io.atomic import write_text
+from vafusion.io.audio import encode_audio
 from vafusion.io.face import (
     ARCFACE_TEMPLATE,
     CROP_SIZE,
@@ -947,17 +947,7 @@ def _render_video(spec: _VideoSpec, out: Path, tmpl: _FaceTemplate) -> dict[str,
         for packet in vs.encode(None):
             container.mux(packet)
         if aus is not None:
-            layout = "stereo" if len(audio) == 2 else "mono"
-            for s in range(0, audio.shape[1], 1024):
-                af = av.AudioFrame.from_ndarray(
-                    np.ascontiguousarray(audio[:, s : s + 1024]), format="fltp", layout=layout
-                )
-                af.sample_rate = SAMPLE_RATE
-                af.pts = s
-                af.time_base = Fraction(1, SAMPLE_RATE)
-                for packet in aus.encode(af):
-                    container.mux(packet)
-            for packet in aus.encode(None):
+            for packet in encode_audio(aus, audio, SAMPLE_RATE):
                 container.mux(packet)
 
     for p in people:

@@ -1,4 +1,5 @@
-"""Streaming audio: the first audio stream of a media file as overlapping mono chunks.
+"""Streaming audio: the first audio stream of a media file as overlapping mono chunks, and the encoder side
+(:func:`encode_audio`) that the synthetic corpus, the tests and the benchmarks write their tracks with.
 
 A whole hour of 44.1 kHz audio is 600 MB as float32 and several GB once a front end resamples it and
 builds its spectrogram in float64; chunks keep that bounded by the chunk length instead of the file's.
@@ -8,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -15,6 +17,27 @@ import numpy as np
 
 from vafusion.errors import MediaError
 from vafusion.io.video import _open
+
+
+def encode_audio(stream: av.audio.stream.AudioStream, wave: np.ndarray, rate: int, start: int = 0,
+                 flush: bool = True) -> Iterator[av.Packet]:
+    """Encode float audio into ``stream`` and yield its packets (the caller muxes them, or alters them first).
+
+    Args:
+        stream: an audio output stream (e.g. ``container.add_stream("aac", rate=rate, layout="mono")``).
+        wave: ``(samples,)`` mono or ``(channels, samples)`` planar float32 in [-1, 1].
+        rate: its sample rate in Hz; frames of 1024 samples get ``pts`` counted in samples from ``start``.
+        flush: end the stream after ``wave`` (``False`` to feed it more pieces later).
+    """
+    planes = np.atleast_2d(np.asarray(wave, np.float32))
+    layout = "stereo" if len(planes) == 2 else "mono"
+    for s in range(0, planes.shape[1], 1024):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planes[:, s : s + 1024]), format="fltp",
+                                           layout=layout)
+        frame.sample_rate, frame.pts, frame.time_base = rate, start + s, Fraction(1, rate)
+        yield from stream.encode(frame)
+    if flush:
+        yield from stream.encode(None)
 
 
 @dataclass
