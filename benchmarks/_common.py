@@ -13,7 +13,6 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from vafusion.accel import cpu_info  # noqa: E402
+from vafusion.accel import cpu_info, torch_threads  # noqa: E402
 
 DEMO = REPO / "runs" / "demo"
 
@@ -154,21 +153,6 @@ def demo_ready(run: Path = DEMO) -> str | None:
 
 def demo_streams(run: Path = DEMO) -> dict[str, str]:
     return json.loads((run / "streams.json").read_text())["streams"]
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with ``n`` torch threads, then restore the previous count.
-
-    On a busy 2-core machine (load 6-7) scoring the demo's fusion models took 7-34x longer with 2 threads
-    than with 1 (OpenMP workers wait on descheduled peers), so the CCC evaluations use one thread.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def timed(fn: Callable[[], Section]) -> Section:

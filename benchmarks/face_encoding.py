@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEMO, Section, load_text, machine, race, table, torch_threads
+from _common import DEMO, Section, load_text, machine, race, table
 from torch import nn
 
 from vafusion import accel
+from vafusion.accel import torch_threads
 from vafusion.features.iresnet import IResNet, iresnet, preprocess
 
 BATCH = 32

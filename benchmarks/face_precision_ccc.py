@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import DEMO, REPO, Section, load_text, table, torch_threads
+from _common import DEMO, REPO, Section, load_text, table
 
 from vafusion import accel
+from vafusion.accel import torch_threads
 
 CARRY = REPO / "runs" / "bench_carry" / "crops"
 

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 import torch
-from _common import DEMO, REPO, DemoEval, Section, demo_ready, load_text, race, table, torch_threads
+from _common import DEMO, REPO, DemoEval, Section, demo_ready, load_text, race, table
+
+from vafusion.accel import torch_threads
 
 STEPS = 2
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -11,24 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from vafusion.accel import torch_threads
 from vafusion.io.audio import encode_audio
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO.parent / "shared" / "testdata" / "videos"
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block on ``n`` torch threads, then restore the count: the fusion network's layers are tiny,
-    so a second thread only adds hand-over cost, a lot of it on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

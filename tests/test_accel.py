@@ -283,3 +283,15 @@ def test_audio_hop_enters_the_audio_fingerprint_and_is_checked() -> None:
     assert len(set(prints("logmel"))) == 2 and len(set(prints("landmarks"))) == 1
     with pytest.raises(VafusionError, match="audio_hop"):
         configured_extractor("logmel", dataclasses.replace(base, audio_hop=-0.1))
+
+
+def test_torch_threads_sets_and_always_restores_the_count() -> None:
+    before = torch.get_num_threads()
+    with accel.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), accel.torch_threads(1):
+        raise RuntimeError("a failing block")
+    assert torch.get_num_threads() == before
+    with accel.torch_threads(0):  # 0: leave the count as it is (Predictor(fuse_threads=0))
+        assert torch.get_num_threads() == before

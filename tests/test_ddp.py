@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import torch_threads, write_linear_feature_corpus
+from conftest import write_linear_feature_corpus
 
+from vafusion.accel import torch_threads
 from vafusion.cli import main
 from vafusion.data.affwild2 import scan
 from vafusion.metrics import CCC

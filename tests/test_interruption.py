@@ -20,8 +20,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import torch_threads, write_linear_feature_corpus
+from conftest import write_linear_feature_corpus
 
+from vafusion.accel import torch_threads
 from vafusion.cli import main
 from vafusion.data.synth import make_corpus
 from vafusion.features.store import read_features

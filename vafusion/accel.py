@@ -26,7 +26,8 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -125,6 +126,22 @@ def cpu_info() -> CPUInfo:
         torch.get_num_threads(),
         os.cpu_count() or 1,
     )
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block on ``n`` torch threads (``n <= 0``: leave the count alone), then restore the count.
+
+    Small networks (the fusion model) lose from a second thread: OpenMP workers hand over at every small
+    operation, and on a busy machine they wait for descheduled peers (7-34x slower measured on 2 cores).
+    """
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def bf16_kernels_available() -> bool:

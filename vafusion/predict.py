@@ -637,13 +637,10 @@ class Predictor:
         n = len(next(iter(valid.values())))
         if n == 0:
             return np.zeros((0, 2), np.float32)
-        import torch
+        from vafusion.accel import torch_threads
 
         acc = np.zeros((n, 2), np.float64)
-        threads = torch.get_num_threads()
-        if self.fuse_threads:
-            torch.set_num_threads(self.fuse_threads)
-        try:
+        with torch_threads(self.fuse_threads or 0):
             for m in self.models:
                 seq = Sequence(
                     "video",
@@ -656,8 +653,6 @@ class Predictor:
                 acc += sliding_predict(
                     m.net, m.normaliser.apply(seq), self.window, min(self.hop, self.window)
                 )
-        finally:
-            torch.set_num_threads(threads)
         pred = (acc / len(self.models)).astype(np.float32)
         if self.smooth > 0:
             pred = smooth_series(pred, np.arange(n) / 30.0 if times is None else times, self.smooth)
