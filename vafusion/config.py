@@ -1,11 +1,17 @@
-"""Typed configuration: defaults live in these dataclasses, experiments in YAML files under ``configs/``.
+"""Typed configuration: defaults live in dataclasses, experiments in YAML files.
 
-OmegaConf merges ``defaults <- --config FILE <- --set key=value`` and rejects unknown keys and wrong
-types, so a typo in a config fails loudly instead of being ignored.
+The schemas are those of the stages (``features``: :class:`~vafusion.features.extractors.FeaturesConfig`,
+``model``: :class:`~vafusion.models.fusion.FusionConfig`) plus training, cross-validation and the demo
+corpus here. OmegaConf merges ``defaults <- --config NAME|FILE <- --set key=value`` and rejects unknown keys
+and wrong types, so a typo in a config fails loudly instead of being ignored. Experiment configs ship
+inside the package (``vafusion/configs/``: ``demo``, ``paper``, ``debug/fast``), so ``--config paper``
+works from an installed wheel; any YAML file works too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,42 +19,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vafusion.errors import VafusionError
-
-
-@dataclass
-class FeaturesConfig:
-    """Which extractor fills each of the paper's three streams, and the front-end weight files.
-
-    ``auto`` picks the paper's front end when its weights are given and the offline stand-in otherwise
-    (visual: iresnet | landmarks; vggish: vggish | egemaps; logmel: VGG encoder | log-mel statistics).
-    """
-
-    visual: str = "auto"
-    vggish: str = "auto"
-    logmel: str = "logmel"
-    iresnet_arch: str = "iresnet50"
-    iresnet_weights: str | None = None
-    vggish_weights: str | None = None
-    vggish_pca: str | None = None
-    logmel_weights: str | None = None
-    face_batch: int = 64
-    face_stride: int = 2  # encode every k-th face, interpolate the rest (CCC cost: docs/performance.md)
-    audio_hop: float = 0.48  # s between encoded 0.96 s log-mel patches; 0: one per frame (docs: performance)
-
-
-@dataclass
-class ModelConfig:
-    """Network widths (paper: silent). Defaults sized for Aff-Wild2-scale data; see docs/model.md."""
-
-    tcn_channels: int = 32
-    kernel_sizes: list[int] = field(default_factory=lambda: [3, 5, 7])
-    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    tcn_dropout: float = 0.1
-    attn_dim: int = 128
-    attn_dropout: float = 0.1
-    attn_span: int = 15
-    head_hidden: int = 128
-    head_dropout: float = 0.3
+from vafusion.features.extractors import FeaturesConfig
+from vafusion.models.fusion import FusionConfig
 
 
 @dataclass
@@ -118,28 +90,54 @@ class Config:
     """Everything one experiment needs."""
 
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: FusionConfig = field(default_factory=FusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fusion_stage: FusionStageConfig = field(default_factory=FusionStageConfig)
     cv: CVConfig = field(default_factory=CVConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
+def configs_dir() -> Path:
+    """The experiment configs shipped with vafusion."""
+    return Path(str(resources.files("vafusion") / "configs"))
+
+
+def config_names() -> list[str]:
+    """Names ``--config`` accepts besides a file path (``demo``, ``paper``, ``debug/fast``, ...)."""
+    root = configs_dir()
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
+def config_file(name_or_path: str | Path) -> Path:
+    """The YAML file of a shipped config name, or ``name_or_path`` itself when it is an existing file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = configs_dir() / f"{Path(name_or_path).as_posix().removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise VafusionError(
+        path,
+        "config file not found",
+        f"pass a YAML file or one of the shipped configs: {', '.join(config_names())}",
+    )
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, merged with a YAML file and ``key=value`` overrides; returns a typed ``Config``."""
+    """Defaults, merged with a YAML file (or a shipped config's name) and ``key=value`` overrides."""
     base = OmegaConf.structured(Config)
     try:
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise VafusionError(path, "config file not found", "pass an existing YAML file (see configs/)")
+            path = config_file(path)
             base = OmegaConf.merge(base, OmegaConf.load(path))
         if overrides:
             base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
-        where = path if path is not None else None
-        raise VafusionError(where, f"invalid configuration: {str(exc).splitlines()[0]}",
-                            "check the key names and types against `vafusion config --show`") from None
+        raise VafusionError(
+            path,
+            f"invalid configuration: {str(exc).splitlines()[0]}",
+            "check the key names and types against `vafusion config --show`",
+        ) from None
     return OmegaConf.to_object(base)
 
 

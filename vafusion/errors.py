@@ -3,6 +3,7 @@
 The CLI prints ``VafusionError`` as a single line on stderr and exits with code 2;
 any other exception is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 CCC = 2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2), with population (1/N) moments,
 computed over all valid frames of an evaluation set concatenated. P = mean(CCC_valence, CCC_arousal).
 """
+
 from __future__ import annotations
 
 import numpy as np

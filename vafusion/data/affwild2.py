@@ -10,6 +10,7 @@ An annotation ``<name>`` is a video stem, or ``<video>_left`` / ``<video>_right`
 share one video. Annotation line i (after the ``valence,arousal`` header) belongs to video frame i;
 ``-5`` marks an invalid frame, which is skipped by the loss and the metric.
 """
+
 from __future__ import annotations
 
 import re
@@ -23,7 +24,12 @@ from vafusion.io.video import VIDEO_EXTENSIONS
 
 SPLITS = ("Train_Set", "Validation_Set")
 INVALID = -5.0
-ANNOTATION_DIRS = ("annotations/VA_Estimation_Challenge", "annotations/VA_Set", "VA_Estimation_Challenge", "VA_Set")
+ANNOTATION_DIRS = (
+    "annotations/VA_Estimation_Challenge",
+    "annotations/VA_Set",
+    "VA_Estimation_Challenge",
+    "VA_Set",
+)
 _SIDE = re.compile(r"^(?P<video>.+)_(?P<side>left|right)$")
 
 
@@ -63,7 +69,7 @@ class Corpus:
 
 
 def video_id_of(name: str, videos: dict[str, Path]) -> str:
-    """The video stem an annotation name refers to (``x_left`` -> ``x`` unless ``x_left`` is itself a video)."""
+    """The video stem an annotation name refers to (``x_left`` -> ``x``, unless ``x_left`` is a video)."""
     if name in videos:
         return name
     m = _SIDE.match(name)
@@ -111,8 +117,11 @@ def scan(root: str | Path, names: list[str] | None = None) -> Corpus:
     """
     root = Path(root)
     if not root.is_dir():
-        raise VafusionError(root, "dataset folder not found",
-                            "pass --data pointing at the Aff-Wild2 root (with videos/, cropped_aligned/, annotations/)")
+        raise VafusionError(
+            root,
+            "dataset folder not found",
+            "pass --data pointing at the Aff-Wild2 root (with videos/, cropped_aligned/, annotations/)",
+        )
     videos = find_videos(root)
     crops = find_crop_dirs(root)
     ann_root = find_annotation_root(root)
@@ -132,8 +141,11 @@ def scan(root: str | Path, names: list[str] | None = None) -> Corpus:
         vid = video_id_of(name, videos)
         samples.append(Sample(name, vid, videos.get(vid), "Test", None, crops.get(name)))
     if not samples:
-        raise VafusionError(root, "no VA annotations found",
-                            "expected annotations/VA_Estimation_Challenge/{Train_Set,Validation_Set}/*.txt")
+        raise VafusionError(
+            root,
+            "no VA annotations found",
+            "expected annotations/VA_Estimation_Challenge/{Train_Set,Validation_Set}/*.txt",
+        )
     return Corpus(root=root, samples=samples, problems=problems)
 
 
@@ -150,9 +162,12 @@ def read_annotation(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, UnicodeDecodeError) as exc:
         raise AnnotationError(path, f"cannot be read ({exc})", "check the file") from None
     if not lines or lines[0].strip().replace(" ", "").lower() != "valence,arousal":
-        raise AnnotationError(path, "first line is not the header 'valence,arousal'",
-                              "add the header line; Aff-Wild2 VA files start with it")
-    rows = [ln for ln in lines[1:]]
+        raise AnnotationError(
+            path,
+            "first line is not the header 'valence,arousal'",
+            "add the header line; Aff-Wild2 VA files start with it",
+        )
+    rows = list(lines[1:])
     while rows and not rows[-1].strip():
         rows.pop()
     if not rows:
@@ -162,19 +177,28 @@ def read_annotation(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     for i, line in enumerate(rows):
         parts = line.split(",")
         if len(parts) != 2:
-            raise AnnotationError(path, f"line {i + 2} has {len(parts)} columns, expected 2 (valence,arousal)",
-                                  "fix or remove that line")
+            raise AnnotationError(
+                path,
+                f"line {i + 2} has {len(parts)} columns, expected 2 (valence,arousal)",
+                "fix or remove that line",
+            )
         try:
             v, a = float(parts[0]), float(parts[1])
         except ValueError:
-            raise AnnotationError(path, f"line {i + 2} is not numeric: {line.strip()!r}",
-                                  "fix that line (use -5,-5 for an invalid frame)") from None
+            raise AnnotationError(
+                path,
+                f"line {i + 2} is not numeric: {line.strip()!r}",
+                "fix that line (use -5,-5 for an invalid frame)",
+            ) from None
         if v == INVALID or a == INVALID:
             valid[i] = False
             continue
         if not (-1.0 <= v <= 1.0 and -1.0 <= a <= 1.0) or not (np.isfinite(v) and np.isfinite(a)):
-            raise AnnotationError(path, f"line {i + 2} is outside [-1, 1]: {line.strip()!r}",
-                                  "VA values must lie in [-1, 1]; -5 marks an invalid frame")
+            raise AnnotationError(
+                path,
+                f"line {i + 2} is outside [-1, 1]: {line.strip()!r}",
+                "VA values must lie in [-1, 1]; -5 marks an invalid frame",
+            )
         labels[i] = (v, a)
     return labels, valid
 

@@ -16,6 +16,7 @@ dropped, and a row with an empty ``Image name`` (removed from FER+) is skipped, 
 ``generate_training_data.py``. Targets are distributions over the 8 emotions. Splits follow ``Usage``:
 Training -> train, PublicTest -> val, PrivateTest -> test.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -29,9 +30,18 @@ import torch
 from torch.utils.data import Dataset
 
 from vafusion.errors import VafusionError
-from vafusion.features.iresnet import FACE_SIZE
+from vafusion.models.iresnet import FACE_SIZE
 
-EMOTIONS: tuple[str, ...] = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
+EMOTIONS: tuple[str, ...] = (
+    "neutral",
+    "happiness",
+    "surprise",
+    "sadness",
+    "anger",
+    "disgust",
+    "fear",
+    "contempt",
+)
 VOTE_COLUMNS: tuple[str, ...] = EMOTIONS + ("unknown", "NF")
 FER_CSV = "fer2013.csv"
 FERPLUS_CSV = "fer2013new.csv"
@@ -70,14 +80,18 @@ class FaceSet:
         path = self.paths[i]
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
-            raise VafusionError(path, "image cannot be read (corrupt or not an image)",
-                                "remove or replace the file")
+            raise VafusionError(
+                path, "image cannot be read (corrupt or not an image)", "remove or replace the file"
+            )
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
     def counts(self) -> dict[str, int]:
         """Images per class (by the winning class of each target)."""
-        won = np.bincount(self.targets.argmax(1), minlength=len(self.classes)) if len(self) else \
-            np.zeros(len(self.classes), np.int64)
+        won = (
+            np.bincount(self.targets.argmax(1), minlength=len(self.classes))
+            if len(self)
+            else np.zeros(len(self.classes), np.int64)
+        )
         return {c: int(n) for c, n in zip(self.classes, won)}
 
 
@@ -132,8 +146,11 @@ def _read_csv(path: Path, columns: tuple[str, ...], source: str) -> pd.DataFrame
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise VafusionError(path, f"missing column(s) {', '.join(missing)} (header has {', '.join(df.columns)})",
-                            f"use {source}")
+        raise VafusionError(
+            path,
+            f"missing column(s) {', '.join(missing)} (header has {', '.join(df.columns)})",
+            f"use {source}",
+        )
     if df.empty:
         raise VafusionError(path, "has a header but no rows", f"use {source}")
     return df
@@ -145,11 +162,16 @@ def _parse_pixels(text: str, path: Path, line: int) -> np.ndarray:
         try:
             values = np.fromstring(text, dtype=np.int64, sep=" ")
         except (ValueError, DeprecationWarning):
-            raise VafusionError(path, f"line {line}: pixels hold a value that is not an integer",
-                                f"use {_FER_SOURCE}") from None
+            raise VafusionError(
+                path, f"line {line}: pixels hold a value that is not an integer", f"use {_FER_SOURCE}"
+            ) from None
     if values.size != FER_SIDE * FER_SIDE:
-        raise VafusionError(path, f"line {line}: {values.size} pixel values, expected {FER_SIDE * FER_SIDE} "
-                                  f"(a {FER_SIDE}x{FER_SIDE} face)", f"use {_FER_SOURCE}")
+        raise VafusionError(
+            path,
+            f"line {line}: {values.size} pixel values, expected {FER_SIDE * FER_SIDE} "
+            f"(a {FER_SIDE}x{FER_SIDE} face)",
+            f"use {_FER_SOURCE}",
+        )
     if values.min() < 0 or values.max() > 255:
         raise VafusionError(path, f"line {line}: pixel values outside 0-255", f"use {_FER_SOURCE}")
     return values.astype(np.uint8).reshape(FER_SIDE, FER_SIDE)
@@ -160,12 +182,16 @@ def _votes(plus: pd.DataFrame, path: Path) -> np.ndarray:
         votes = plus[list(VOTE_COLUMNS)].apply(pd.to_numeric, errors="raise").to_numpy(np.float64)
     except (ValueError, TypeError):
         bad = plus[list(VOTE_COLUMNS)].apply(pd.to_numeric, errors="coerce").isna().any(axis=1).to_numpy()
-        raise VafusionError(path, f"line {int(np.argmax(bad)) + 2}: a vote count is not a number",
-                            f"use {_FERPLUS_SOURCE}") from None
+        raise VafusionError(
+            path, f"line {int(np.argmax(bad)) + 2}: a vote count is not a number", f"use {_FERPLUS_SOURCE}"
+        ) from None
     bad = ~np.isfinite(votes).all(axis=1) | (votes < 0).any(axis=1)
     if bad.any():
-        raise VafusionError(path, f"line {int(np.argmax(bad)) + 2}: vote counts must be non-negative numbers",
-                            f"use {_FERPLUS_SOURCE}")
+        raise VafusionError(
+            path,
+            f"line {int(np.argmax(bad)) + 2}: vote counts must be non-negative numbers",
+            f"use {_FERPLUS_SOURCE}",
+        )
     return votes
 
 
@@ -182,21 +208,30 @@ def read_fer(fer_csv: str | Path, ferplus_csv: str | Path, mode: str = "majority
     fer = _read_csv(fer_path, FER_COLUMNS, _FER_SOURCE)
     plus = _read_csv(plus_path, FERPLUS_COLUMNS, _FERPLUS_SOURCE)
     if len(fer) != len(plus):
-        raise VafusionError(plus_path, f"has {len(plus)} rows but {fer_path.name} has {len(fer)}; FER+ rows "
-                                       f"follow {fer_path.name} row by row",
-                            f"use the two published files unmodified ({FER_CSV} and {FERPLUS_CSV})")
+        raise VafusionError(
+            plus_path,
+            f"has {len(plus)} rows but {fer_path.name} has {len(fer)}; FER+ rows "
+            f"follow {fer_path.name} row by row",
+            f"use the two published files unmodified ({FER_CSV} and {FERPLUS_CSV})",
+        )
     for path, usage in ((fer_path, fer["Usage"]), (plus_path, plus["Usage"])):
         unknown = ~usage.isin(list(USAGE_SPLIT))
         if unknown.any():
             k = int(np.argmax(unknown.to_numpy()))
-            raise VafusionError(path, f"line {k + 2}: Usage {usage.iloc[k]!r} is not one of "
-                                      f"{', '.join(USAGE_SPLIT)}", "use the published file unmodified")
-    differ = (fer["Usage"].to_numpy() != plus["Usage"].to_numpy())
+            raise VafusionError(
+                path,
+                f"line {k + 2}: Usage {usage.iloc[k]!r} is not one of {', '.join(USAGE_SPLIT)}",
+                "use the published file unmodified",
+            )
+    differ = fer["Usage"].to_numpy() != plus["Usage"].to_numpy()
     if differ.any():
         k = int(np.argmax(differ))
-        raise VafusionError(plus_path, f"line {k + 2}: Usage {plus['Usage'].iloc[k]} but {fer_path.name} line "
-                                       f"{k + 2} says {fer['Usage'].iloc[k]}: the files are not in the same order",
-                            f"use the two published files unmodified ({FER_CSV} and {FERPLUS_CSV})")
+        raise VafusionError(
+            plus_path,
+            f"line {k + 2}: Usage {plus['Usage'].iloc[k]} but {fer_path.name} line "
+            f"{k + 2} says {fer['Usage'].iloc[k]}: the files are not in the same order",
+            f"use the two published files unmodified ({FER_CSV} and {FERPLUS_CSV})",
+        )
     votes = _votes(plus, plus_path)
     texts = fer["pixels"].to_numpy()
     images = np.stack([_parse_pixels(text, fer_path, k + 2) for k, text in enumerate(texts)])
@@ -230,8 +265,11 @@ def read_image_folder(root: str | Path) -> dict[str, FaceSet]:
         d = root / split
         if not d.is_dir():
             continue
-        found[split] = {c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-                        for c in sorted(d.iterdir()) if c.is_dir()}
+        found[split] = {
+            c.name: sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            for c in sorted(d.iterdir())
+            if c.is_dir()
+        }
     for split in ("train", "val"):
         if split not in found:
             raise VafusionError(root / split, "folder not found", layout)
@@ -239,8 +277,9 @@ def read_image_folder(root: str | Path) -> dict[str, FaceSet]:
             raise VafusionError(root / split, "holds no images in class folders", layout)
     train_classes = {c for c, files in found["train"].items() if files}
     if len(train_classes) < 2:
-        raise VafusionError(root / "train", f"has images of {len(train_classes)} class(es); need at least 2",
-                            layout)
+        raise VafusionError(
+            root / "train", f"has images of {len(train_classes)} class(es); need at least 2", layout
+        )
     all_classes = set().union(*({c for c, f in per.items() if f} for per in found.values()))
     if all_classes <= set(EMOTIONS):
         classes = EMOTIONS
@@ -248,8 +287,11 @@ def read_image_folder(root: str | Path) -> dict[str, FaceSet]:
         classes = tuple(sorted(train_classes))
         extra = sorted(all_classes - train_classes)
         if extra:
-            raise VafusionError(root, f"classes {', '.join(extra)} have images outside train/ but none in train/",
-                                "give every class training images, or remove those folders")
+            raise VafusionError(
+                root,
+                f"classes {', '.join(extra)} have images outside train/ but none in train/",
+                "give every class training images, or remove those folders",
+            )
     out = {}
     for split, per in found.items():
         paths, labels = [], []
@@ -257,8 +299,12 @@ def read_image_folder(root: str | Path) -> dict[str, FaceSet]:
             paths += files
             labels += [classes.index(c)] * len(files)
         targets = np.eye(len(classes), dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
-        out[split] = FaceSet(classes, targets.reshape(len(labels), len(classes)),
-                             [str(p.relative_to(root)) for p in paths], paths=paths)
+        out[split] = FaceSet(
+            classes,
+            targets.reshape(len(labels), len(classes)),
+            [str(p.relative_to(root)) for p in paths],
+            paths=paths,
+        )
     return out
 
 
@@ -266,22 +312,32 @@ def load_face_data(root: str | Path, mode: str = "majority") -> dict[str, FaceSe
     """FER2013 + FER+ CSVs in ``root``, or an image-folder layout; see the module docstring."""
     root = Path(root)
     if not root.is_dir():
-        raise VafusionError(root, "data folder not found",
-                            f"pass --data with {FER_CSV} + {FERPLUS_CSV}, or train/ and val/ image folders")
+        raise VafusionError(
+            root,
+            "data folder not found",
+            f"pass --data with {FER_CSV} + {FERPLUS_CSV}, or train/ and val/ image folders",
+        )
     fer, plus = root / FER_CSV, root / FERPLUS_CSV
     if fer.exists() or plus.exists():
         return read_fer(fer, plus, mode)
     if mode == "soft":
-        raise VafusionError(root, "--labels soft needs FER+ vote counts, but an image folder gives one class "
-                                  "per image",
-                            f"use --labels majority, or put {FER_CSV} and {FERPLUS_CSV} in the folder")
+        raise VafusionError(
+            root,
+            "--labels soft needs FER+ vote counts, but an image folder gives one class per image",
+            f"use --labels majority, or put {FER_CSV} and {FERPLUS_CSV} in the folder",
+        )
     if not (root / "train").is_dir():
-        raise VafusionError(root, f"neither {FER_CSV} + {FERPLUS_CSV} nor a train/ image folder found",
-                            "put the FER+ files there, or images in train/<class>/ and val/<class>/")
+        raise VafusionError(
+            root,
+            f"neither {FER_CSV} + {FERPLUS_CSV} nor a train/ image folder found",
+            "put the FER+ files there, or images in train/<class>/ and val/<class>/",
+        )
     return read_image_folder(root)
 
 
-def to_face(image: np.ndarray, crop: tuple[float, float, float] | None = None, flip: bool = False) -> np.ndarray:
+def to_face(
+    image: np.ndarray, crop: tuple[float, float, float] | None = None, flip: bool = False
+) -> np.ndarray:
     """``(H, W, 3)`` uint8 -> ``(112, 112, 3)`` uint8: optional square crop ``(scale, x, y)`` (side as a
     fraction of the shorter side; x, y in [0, 1] place it), optional horizontal flip, then resize."""
     h, w = image.shape[:2]
@@ -289,7 +345,7 @@ def to_face(image: np.ndarray, crop: tuple[float, float, float] | None = None, f
         scale, fx, fy = crop
         side = max(1, round(scale * min(h, w)))
         x0, y0 = round(fx * (w - side)), round(fy * (h - side))
-        image = image[y0:y0 + side, x0:x0 + side]
+        image = image[y0 : y0 + side, x0 : x0 + side]
     if flip:
         image = image[:, ::-1]
     if image.shape[:2] != (FACE_SIZE, FACE_SIZE):
@@ -299,7 +355,7 @@ def to_face(image: np.ndarray, crop: tuple[float, float, float] | None = None, f
 
 
 class FaceDataset(Dataset):
-    """``(face (112, 112, 3) uint8 tensor, target (C,) float32)`` pairs; normalise with ``iresnet.preprocess``.
+    """``(face (112, 112, 3) uint8 tensor, target (C,) float32)`` pairs (normalise: ``iresnet.preprocess``).
 
     With ``augment``: horizontal flip with probability 0.5 and a random square crop of ``min_crop``..1 of
     the side (light, as the faces are already aligned). Randomness comes from torch's generator, so a

@@ -4,6 +4,7 @@ Fold 0 is the official Validation_Set. Folds 1-5 split the Train_Set video-level
 both people of a two-person video (``x_left``/``x_right``) always fall in the same fold. The split
 depends only on the video ids and the seed, never on file order or run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,10 +31,15 @@ def assign_folds(samples: list[Sample], seed: int = 0, n_train_folds: int = N_TR
     ``folds.csv`` and pass it back with ``--folds`` to freeze a split).
     """
     rows = []
-    train_videos = sorted({s.video_id for s in samples if s.split == "Train_Set"}, key=lambda v: _key(v, seed))
+    train_videos = sorted(
+        {s.video_id for s in samples if s.split == "Train_Set"}, key=lambda v: _key(v, seed)
+    )
     if 0 < len(train_videos) < n_train_folds:
-        raise VafusionError(None, f"only {len(train_videos)} Train_Set videos for {n_train_folds} folds",
-                            "add videos or lower cv.n_train_folds")
+        raise VafusionError(
+            None,
+            f"only {len(train_videos)} Train_Set videos for {n_train_folds} folds",
+            "add videos or lower cv.n_train_folds",
+        )
     fold_of = {v: 1 + i % n_train_folds for i, v in enumerate(train_videos)}
     for s in samples:
         if s.split == "Validation_Set":
@@ -43,8 +49,9 @@ def assign_folds(samples: list[Sample], seed: int = 0, n_train_folds: int = N_TR
         else:
             continue
         rows.append({"name": s.name, "video": s.video_id, "split": s.split, "fold": fold})
-    return pd.DataFrame(rows, columns=["name", "video", "split", "fold"]).sort_values(["fold", "name"],
-                                                                                   ignore_index=True)
+    return pd.DataFrame(rows, columns=["name", "video", "split", "fold"]).sort_values(
+        ["fold", "name"], ignore_index=True
+    )
 
 
 def write_folds(folds: pd.DataFrame, path: str | Path) -> None:
@@ -62,20 +69,27 @@ def read_folds(path: str | Path, samples: list[Sample]) -> pd.DataFrame:
     try:
         folds = pd.read_csv(path, dtype={"name": str, "video": str}, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise VafusionError(path, f"cannot read fold file ({exc})", "pass a folds.csv written by `vafusion cv`")
+        raise VafusionError(
+            path, f"cannot read fold file ({exc})", "pass a folds.csv written by `vafusion cv`"
+        ) from None
     missing_cols = {"name", "fold"} - set(folds.columns)
     if missing_cols:
         raise VafusionError(path, f"missing columns {sorted(missing_cols)}", "expected name,video,split,fold")
     known = {s.name: s for s in samples if s.split in ("Train_Set", "Validation_Set")}
     absent = sorted(set(known) - set(folds["name"]))
     if absent:
-        raise VafusionError(path, f"{len(absent)} annotated samples have no fold (e.g. {absent[0]})",
-                            "regenerate the fold file or add those names")
+        raise VafusionError(
+            path,
+            f"{len(absent)} annotated samples have no fold (e.g. {absent[0]})",
+            "regenerate the fold file or add those names",
+        )
     folds = folds[folds["name"].isin(known)].copy()
     folds["video"] = [known[n].video_id for n in folds["name"]]
     folds["split"] = [known[n].split for n in folds["name"]]
     per_video = folds.groupby("video")["fold"].nunique()
     if (per_video > 1).any():
         bad = per_video[per_video > 1].index[0]
-        raise VafusionError(path, f"video {bad} is split across folds", "put all samples of one video in one fold")
+        raise VafusionError(
+            path, f"video {bad} is split across folds", "put all samples of one video in one fold"
+        )
     return folds[["name", "video", "split", "fold"]].sort_values(["fold", "name"], ignore_index=True)

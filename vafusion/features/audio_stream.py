@@ -10,6 +10,7 @@ and every front end looks at most 0.48 s (half a 0.96 s log-mel patch) plus its 
 ms) to either side, well inside the 2 s margin. Chunk borders are whole seconds, so the 16 kHz resampling
 phase and the 10 ms hop grids match the whole file's.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,8 +43,13 @@ class AudioFeatures:
     encode_s: float = 0.0
 
 
-def stream_audio_features(path: str | Path, extractors: Sequence, times: np.ndarray,
-                          chunk_s: int = CHUNK_S, margin_s: int = MARGIN_S) -> AudioFeatures:
+def stream_audio_features(
+    path: str | Path,
+    extractors: Sequence,
+    times: np.ndarray,
+    chunk_s: int = CHUNK_S,
+    margin_s: int = MARGIN_S,
+) -> AudioFeatures:
     """Each audio extractor's rows at frame ``times`` (T,) s of ``path``'s first audio stream.
 
     Frames are valid where the extractor says so, never after the end of the track (those rows are zero

@@ -20,13 +20,14 @@ so a video with a broken or missing audio track still yields a validity mask the
 The signal is resampled to 16 kHz first (``sample_rate=None`` keeps the input rate): the voicing-based
 LLDs (F0, jitter, shimmer, formants) change with the input rate, and videos come at 44.1 or 48 kHz,
 so a fixed rate keeps features comparable across videos; it also halves the cost at 44.1 kHz. The
-resampling is vafusion's own (:func:`vafusion.features.vggish.resample`, the VGGish front end's), not
+resampling is vafusion's own (:func:`vafusion.features.resample.resample`, the VGGish front end's), not
 openSMILE's: it is shift-invariant to the last bit for chunks that start on a whole second, so audio read
 in chunks (``stream_audio_features``) gives the rows of a whole-file pass at every input rate, whereas
 openSMILE's resampler differs by ~1e-7 between a chunk and the whole file and its formant tracker turns
 that into jumps.
 Voicing-based LLDs are 0 on unvoiced rows (openSMILE's convention) and are averaged as such.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import opensmile
+
+from vafusion.features.resample import resample
 
 NAME = "egemaps"
 DIM = 25
@@ -93,8 +96,6 @@ class EgemapsExtractor:
         if waveform.size == 0:
             return np.zeros((0, self.dim), np.float32), np.zeros(0)
         if self.sample_rate is not None and sample_rate != self.sample_rate:
-            from vafusion.features.vggish import resample
-
             waveform = resample(waveform, sample_rate, self.sample_rate).astype(np.float32)
             sample_rate = self.sample_rate
             if waveform.size == 0:
@@ -111,8 +112,9 @@ class EgemapsExtractor:
         centres = starts + np.median(ends - starts) / 2.0
         return values[keep], centres[keep]
 
-    def __call__(self, waveform: np.ndarray, sample_rate: int,
-                 times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, waveform: np.ndarray, sample_rate: int, times: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """LLDs at ``times``: features ``(T, 25)`` float32 and ``valid`` ``(T,)`` bool (see module doc)."""
         times = np.asarray(times, dtype=np.float64)
         if times.ndim != 1 or not np.isfinite(times).all():
@@ -132,8 +134,9 @@ class EgemapsExtractor:
         mean = (csum[hi] - csum[lo]) / np.maximum(count, 1)[:, None]
         empty = count == 0
         if empty.any():
-            mean[empty] = np.stack([np.interp(t[empty], centres, values[:, j]) for j in range(self.dim)],
-                                   axis=1)
+            mean[empty] = np.stack(
+                [np.interp(t[empty], centres, values[:, j]) for j in range(self.dim)], axis=1
+            )
         feats[valid] = mean
         return feats, valid
 
@@ -141,8 +144,9 @@ class EgemapsExtractor:
 def _check_waveform(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
     waveform = np.asarray(waveform)
     if waveform.ndim != 1:
-        raise ValueError(f"waveform must be mono (1-D), got shape {waveform.shape}; "
-                         "average the channels first")
+        raise ValueError(
+            f"waveform must be mono (1-D), got shape {waveform.shape}; average the channels first"
+        )
     if not (isinstance(sample_rate, (int, np.integer)) and sample_rate > 0):
         raise ValueError(f"sample_rate must be a positive int, got {sample_rate!r}")
     waveform = waveform.astype(np.float32, copy=False)
@@ -163,8 +167,9 @@ def _default_extractor() -> EgemapsExtractor:
     return EgemapsExtractor()
 
 
-def egemaps_at(waveform: np.ndarray, sample_rate: int, times: np.ndarray,
-               window: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def egemaps_at(
+    waveform: np.ndarray, sample_rate: int, times: np.ndarray, window: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """eGeMAPSv02 LLDs at video frame ``times`` (seconds): ``(T, 25)`` float32 features, ``(T,)`` valid."""
     extractor = _default_extractor() if window is None else EgemapsExtractor(window=window)
     return extractor(waveform, sample_rate, times)

@@ -8,6 +8,7 @@ Two kinds share one small interface so the runner in ``extract.py`` needs no spe
 The paper's three streams are roles (``visual``, ``vggish``, ``logmel``); ``resolve_streams`` says which
 extractor fills each role, using the offline stand-ins when published weights were not given.
 """
+
 from __future__ import annotations
 
 import abc
@@ -19,12 +20,39 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from vafusion.config import FeaturesConfig
+from vafusion.cpu import choose_precision, cpu_info
 from vafusion.errors import VafusionError
+from vafusion.features import egemaps
+from vafusion.features.face_encoder import FaceEncoder
+from vafusion.features.landmarks import LandmarkExtractor
+from vafusion.features.logmel import CentredExamples
+from vafusion.features.timing import resample_rows
+from vafusion.weights import load_iresnet, load_vgg_logmel, load_vggish, sha256
 
 ROLES = ("visual", "vggish", "logmel")
 FACE_EXTRACTORS = ("iresnet", "landmarks")
 AUDIO_EXTRACTORS = ("vggish", "egemaps", "logmel")
+
+
+@dataclass
+class FeaturesConfig:
+    """Which extractor fills each of the paper's three streams, and the front-end weight files.
+
+    ``auto`` picks the paper's front end when its weights are given and the offline stand-in otherwise
+    (visual: iresnet | landmarks; vggish: vggish | egemaps; logmel: VGG encoder | log-mel statistics).
+    """
+
+    visual: str = "auto"
+    vggish: str = "auto"
+    logmel: str = "logmel"
+    iresnet_arch: str = "iresnet50"
+    iresnet_weights: str | None = None
+    vggish_weights: str | None = None
+    vggish_pca: str | None = None
+    logmel_weights: str | None = None
+    face_batch: int = 64
+    face_stride: int = 2  # encode every k-th face, interpolate the rest (CCC cost: docs/performance.md)
+    audio_hop: float = 0.48  # s between encoded 0.96 s log-mel patches; 0: one per frame (docs: performance)
 
 
 class Extractor(Protocol):
@@ -52,28 +80,23 @@ class _Base:
 
 
 def _sha(path: str | None) -> str | None:
-    if path is None:
-        return None
-    from vafusion.weights import sha256
-
-    return sha256(path)
+    return None if path is None else sha256(path)
 
 
 class IResNetExtractor(_Base):
     """IResNet face embeddings (paper eq. 1), 512-d, from an arcface_torch ``backbone.pth``.
 
-    Faces run on ``vafusion.accel.FaceEncoder``: batched, channels-last, ``inference_mode``, in the best
-    precision this CPU runs natively (``precision="auto"``: bf16 only with AVX512-BF16/AMX, else fp32) on
-    the faster backend. The precision is part of the fingerprint; the backend is picked on first use.
+    Faces run on :class:`vafusion.features.face_encoder.FaceEncoder`: batched, channels-last,
+    ``inference_mode``, in the best precision this CPU runs natively (``precision="auto"``: bf16 only with
+    AVX512-BF16/AMX, else fp32) on the faster backend. The precision is part of the fingerprint; the
+    backend is picked on first use.
     """
 
     def __init__(self, arch: str, weights: str, batch: int = 64, precision: str = "auto") -> None:
-        from vafusion.accel import choose_precision, cpu_info
-        from vafusion.weights import load_iresnet
-
         precision = choose_precision(cpu_info()) if precision == "auto" else precision
-        super().__init__("iresnet", "face", 512, {"arch": arch, "weights_sha256": _sha(weights),
-                                                  "precision": precision})
+        super().__init__(
+            "iresnet", "face", 512, {"arch": arch, "weights_sha256": _sha(weights), "precision": precision}
+        )
         self.net = load_iresnet(arch, weights).eval()
         self.batch = batch
         self._encoder = None
@@ -82,10 +105,12 @@ class IResNetExtractor(_Base):
     def encoder(self):
         """The ``FaceEncoder`` (built on first use, which times the candidate backends once per process)."""
         if self._encoder is None:
-            from vafusion.accel import FaceEncoder
-
-            self._encoder = FaceEncoder(self.net, self.batch, self.params["precision"],
-                                        key=(self.params["arch"], self.params["weights_sha256"]))
+            self._encoder = FaceEncoder(
+                self.net,
+                self.batch,
+                self.params["precision"],
+                key=(self.params["arch"], self.params["weights_sha256"]),
+            )
         return self._encoder
 
     def encode(self, crops: np.ndarray) -> np.ndarray:
@@ -94,11 +119,9 @@ class IResNetExtractor(_Base):
 
 
 class LandmarksExtractor(_Base):
-    """dlib 68-point landmarks on the aligned crop, normalised to the face box (offline stand-in for IResNet)."""
+    """dlib 68-point landmarks on the aligned crop, normalised (offline stand-in for IResNet)."""
 
     def __init__(self) -> None:
-        from vafusion.features.landmarks import LandmarkExtractor
-
         self.impl = LandmarkExtractor()
         super().__init__("landmarks", "face", int(self.impl.dim), dict(self.impl.params))
 
@@ -121,8 +144,11 @@ class _CentredPatchExtractor(_Base, abc.ABC):
 
     def __init__(self, name: str, params: dict, hop: float) -> None:
         if not hop >= 0 or not np.isfinite(hop):
-            raise VafusionError(None, f"features.audio_hop must be >= 0 seconds, got {hop}",
-                                "set features.audio_hop=0.48 (the default) or 0 for one example per frame")
+            raise VafusionError(
+                None,
+                f"features.audio_hop must be >= 0 seconds, got {hop}",
+                "set features.audio_hop=0.48 (the default) or 0 for one example per frame",
+            )
         super().__init__(name, "audio", 128, {**params, "hop_s": float(hop)})
         self.hop = float(hop)
 
@@ -140,21 +166,20 @@ class _CentredPatchExtractor(_Base, abc.ABC):
         return np.arange(first, last + 1) * self.hop - origin
 
     @torch.inference_mode()
-    def at_times(self, wave: np.ndarray, sr: int, times: np.ndarray,
-                 origin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def at_times(
+        self, wave: np.ndarray, sr: int, times: np.ndarray, origin: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Waveform + frame times (T,) s from the wave's start -> (T, dim), valid (T,).
 
         ``origin`` is the wave's start within the whole track (s), so that the hop grid of a chunk lines up
         with the grid of the whole file.
         """
-        from vafusion.accel import resample_rows
-        from vafusion.features.vggish import CentredExamples
-
         times = np.asarray(times, np.float64)
         at = self.centres(times, origin)
         examples = CentredExamples(wave, sr)
-        feats = [self.encode_patches(examples(at[i:i + self.chunk])[0])
-                 for i in range(0, len(at), self.chunk)]
+        feats = [
+            self.encode_patches(examples(at[i : i + self.chunk])[0]) for i in range(0, len(at), self.chunk)
+        ]
         out = np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, self.dim), np.float32)
         if self.hop and len(times):
             out = resample_rows(at, out, times)
@@ -162,18 +187,24 @@ class _CentredPatchExtractor(_Base, abc.ABC):
 
 
 def _run_net(net: torch.nn.Module, patches: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([net(torch.from_numpy(patches[j:j + batch])).float().numpy()
-                           for j in range(0, len(patches), batch)])
+    return np.concatenate(
+        [net(torch.from_numpy(patches[j : j + batch])).float().numpy() for j in range(0, len(patches), batch)]
+    )
 
 
 class VGGishExtractor(_CentredPatchExtractor):
     """VGGish embeddings (paper eq. 2) of 0.96 s examples centred at each frame time (or every ``hop`` s)."""
 
     def __init__(self, weights: str, pca: str | None = None, batch: int = 64, hop: float = 0.0) -> None:
-        from vafusion.weights import load_vggish
-
-        super().__init__("vggish", {"weights_sha256": _sha(weights), "pca_sha256": _sha(pca),
-                                    "centre": "frame", "example_s": 0.96}, hop)
+        params = {
+            "weights_sha256": _sha(weights),
+            "pca_sha256": _sha(pca),
+            "centre": "frame",
+            "example_s": 0.96,
+        }
+        if pca is not None:  # forward applies the AudioSet post-processing (PCA, clip, 8 bits) then
+            params["output"] = "pca_uint8"
+        super().__init__("vggish", params, hop)
         self.net = load_vggish(weights, pca=pca).eval()
         self.batch = batch
 
@@ -185,13 +216,12 @@ class EGeMAPSExtractor(_Base):
     """openSMILE eGeMAPSv02 low-level descriptors at each frame time (offline stand-in for VGGish)."""
 
     def __init__(self) -> None:
-        from vafusion.features import egemaps
-
         self.impl = egemaps
         super().__init__("egemaps", "audio", int(egemaps.DIM), dict(getattr(egemaps, "PARAMS", {})))
 
-    def at_times(self, wave: np.ndarray, sr: int, times: np.ndarray,
-                 origin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    def at_times(
+        self, wave: np.ndarray, sr: int, times: np.ndarray, origin: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Waveform + frame times (T,) -> (T, 25), valid (T,). openSMILE's descriptors come every 10 ms
         whatever the frame rate, so there is no hop to choose and ``origin`` is not needed."""
         return self.impl.egemaps_at(wave, sr, times)
@@ -206,12 +236,13 @@ class LogMelExtractor(_CentredPatchExtractor):
 
     def __init__(self, weights: str | None = None, batch: int = 64, hop: float = 0.0) -> None:
         encoder = "vgg" if weights else "stats"
-        super().__init__("logmel", {"encoder": encoder, "weights_sha256": _sha(weights),
-                                    "centre": "frame", "example_s": 0.96}, hop)
+        super().__init__(
+            "logmel",
+            {"encoder": encoder, "weights_sha256": _sha(weights), "centre": "frame", "example_s": 0.96},
+            hop,
+        )
         self.net = None
         if weights:
-            from vafusion.weights import load_vgg_logmel
-
             self.net = load_vgg_logmel(weights).eval()
         self.batch = batch
 
@@ -236,7 +267,9 @@ def resolve_streams(cfg: FeaturesConfig) -> tuple[dict[str, str], list[str]]:
     if visual == "auto":
         visual = "iresnet" if cfg.iresnet_weights else "landmarks"
         if visual == "landmarks":
-            notes.append("visual: dlib 68-point landmarks stand in for IResNet-50 (no --iresnet-weights given)")
+            notes.append(
+                "visual: dlib 68-point landmarks stand in for IResNet-50 (no --iresnet-weights given)"
+            )
     vggish = cfg.vggish
     if vggish == "auto":
         vggish = "vggish" if cfg.vggish_weights else "egemaps"
@@ -244,12 +277,17 @@ def resolve_streams(cfg: FeaturesConfig) -> tuple[dict[str, str], list[str]]:
             notes.append("vggish: openSMILE eGeMAPSv02 stands in for VGGish (no --vggish-weights given)")
     logmel = cfg.logmel
     if logmel == "logmel" and not cfg.logmel_weights:
-        notes.append("logmel: log-mel band mean/std over 0.96 s stands in for the VGG encoder (no --logmel-weights)")
+        notes.append(
+            "logmel: log-mel band mean/std over 0.96 s stands in for the VGG encoder (no --logmel-weights)"
+        )
     streams = {"visual": visual, "vggish": vggish, "logmel": logmel}
     for role, name in streams.items():
         if name not in FACE_EXTRACTORS + AUDIO_EXTRACTORS:
-            raise VafusionError(None, f"unknown extractor {name!r} for stream {role}",
-                                f"choose one of {', '.join(FACE_EXTRACTORS + AUDIO_EXTRACTORS)} or auto")
+            raise VafusionError(
+                None,
+                f"unknown extractor {name!r} for stream {role}",
+                f"choose one of {', '.join(FACE_EXTRACTORS + AUDIO_EXTRACTORS)} or auto",
+            )
     return streams, notes
 
 
@@ -257,19 +295,41 @@ def build_extractor(name: str, cfg: FeaturesConfig):
     """Instantiate an extractor by name; weights come from ``cfg`` and are verified on load."""
     if name == "iresnet":
         if not cfg.iresnet_weights:
-            raise VafusionError(None, "the iresnet extractor needs a weights file",
-                                "pass --iresnet-weights backbone.pth (insightface arcface_torch), or use landmarks")
+            raise VafusionError(
+                None,
+                "the iresnet extractor needs a weights file",
+                "pass --iresnet-weights backbone.pth (insightface arcface_torch), or use landmarks",
+            )
         return IResNetExtractor(cfg.iresnet_arch, cfg.iresnet_weights, cfg.face_batch)
     if name == "landmarks":
         return LandmarksExtractor()
     if name == "vggish":
         if not cfg.vggish_weights:
-            raise VafusionError(None, "the vggish extractor needs a weights file",
-                                "pass --vggish-weights vggish-10086976.pth (torchvggish release), or use egemaps")
+            raise VafusionError(
+                None,
+                "the vggish extractor needs a weights file",
+                "pass --vggish-weights vggish-10086976.pth (torchvggish release), or use egemaps",
+            )
         return VGGishExtractor(cfg.vggish_weights, cfg.vggish_pca, hop=cfg.audio_hop)
     if name == "egemaps":
         return EGeMAPSExtractor()
     if name == "logmel":
         return LogMelExtractor(cfg.logmel_weights, hop=cfg.audio_hop)
-    raise VafusionError(None, f"unknown extractor {name!r}",
-                        f"choose from {', '.join(FACE_EXTRACTORS + AUDIO_EXTRACTORS)}")
+    raise VafusionError(
+        None, f"unknown extractor {name!r}", f"choose from {', '.join(FACE_EXTRACTORS + AUDIO_EXTRACTORS)}"
+    )
+
+
+def configured_extractor(name: str, cfg: FeaturesConfig):
+    """``build_extractor`` plus the run settings that change a face stream's rows (``face_stride``), which
+    therefore enter its fingerprint. (Audio rows do not depend on how the track is chunked.)"""
+    if cfg.face_stride < 1:
+        raise VafusionError(
+            None,
+            f"features.face_stride must be >= 1, got {cfg.face_stride}",
+            "set features.face_stride=1 (encode every face) or more",
+        )
+    ext = build_extractor(name, cfg)
+    if ext.modality == "face" and cfg.face_stride > 1:
+        ext.params = {**ext.params, "face_stride": cfg.face_stride}
+    return ext

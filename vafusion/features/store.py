@@ -4,6 +4,7 @@
 face / audio), ``times (T,) float64`` seconds and ``meta`` (JSON: extractor, params, weights hash, fps).
 Row i belongs to annotation line i, i.e. video frame i (1-based), at time (i - 1) / fps.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,9 @@ def feature_path(root: str | Path, extractor: str, name: str) -> Path:
     return Path(root) / extractor / f"{name}.npz"
 
 
-def write_features(path: Path, features: np.ndarray, valid: np.ndarray, times: np.ndarray, meta: dict) -> dict:
+def write_features(
+    path: Path, features: np.ndarray, valid: np.ndarray, times: np.ndarray, meta: dict
+) -> dict:
     """Sanitise and write one feature file atomically; return counts of what was fixed.
 
     Rows with NaN/Inf are zeroed and marked invalid, so no NaN ever reaches a model.
@@ -50,8 +53,13 @@ def write_features(path: Path, features: np.ndarray, valid: np.ndarray, times: n
         features[bad] = 0.0
         valid &= ~bad
     meta = dict(meta, nonfinite_rows=int(bad.sum()))
-    save_npz(path, features=features, valid=valid, times=np.asarray(times, np.float64),
-             meta=np.array(json.dumps(meta, sort_keys=True, default=str)))
+    save_npz(
+        path,
+        features=features,
+        valid=valid,
+        times=np.asarray(times, np.float64),
+        meta=np.array(json.dumps(meta, sort_keys=True, default=str)),
+    )
     return {"nonfinite_rows": int(bad.sum())}
 
 
@@ -64,11 +72,17 @@ def read_features(path: str | Path) -> FeatureFile:
         with np.load(path, allow_pickle=False) as z:
             ff = FeatureFile(z["features"], z["valid"], z["times"], json.loads(str(z["meta"])))
     except _UNREADABLE as exc:
-        raise VafusionError(path, f"feature file is unreadable ({exc.__class__.__name__})",
-                            "delete it and rerun `vafusion extract` (finished files are skipped)") from None
+        raise VafusionError(
+            path,
+            f"feature file is unreadable ({exc.__class__.__name__})",
+            "delete it and rerun `vafusion extract` (finished files are skipped)",
+        ) from None
     if ff.features.ndim != 2 or ff.features.shape[0] != ff.valid.shape[0]:
-        raise VafusionError(path, f"feature file has shape {ff.features.shape} and {ff.valid.shape[0]} flags",
-                            "delete it and rerun `vafusion extract`")
+        raise VafusionError(
+            path,
+            f"feature file has shape {ff.features.shape} and {ff.valid.shape[0]} flags",
+            "delete it and rerun `vafusion extract`",
+        )
     bad = ~np.isfinite(ff.features).all(axis=1)
     if bad.any():
         ff.features = np.where(bad[:, None], 0.0, ff.features).astype(np.float32)
@@ -86,12 +100,16 @@ def read_meta(path: Path) -> dict | None:
 
 
 def shard_manifest(index: int, count: int) -> str:
-    """File name of the manifest part that shard ``index`` of ``count`` writes (merged by ``merge-features``)."""
+    """File name of the manifest part shard ``index`` of ``count`` writes (merged by ``merge-features``)."""
     return f"manifest.shard{index}of{count}.parquet"
 
 
-def build_manifest(root: str | Path, names: set[str] | None = None, extractors: list[str] | None = None,
-                   filename: str = MANIFEST) -> pd.DataFrame:
+def build_manifest(
+    root: str | Path,
+    names: set[str] | None = None,
+    extractors: list[str] | None = None,
+    filename: str = MANIFEST,
+) -> pd.DataFrame:
     """Scan the store and write ``filename``: one row per (extractor, sample) file.
 
     ``names`` / ``extractors`` restrict the scan, so a shard lists only its own files in its own part and
@@ -109,10 +127,21 @@ def build_manifest(root: str | Path, names: set[str] | None = None, extractors: 
         meta = read_meta(path)
         if meta is None:
             continue
-        rows.append({"extractor": path.parent.name, "name": path.stem, "path": str(path.relative_to(root)),
-                     "frames": meta.get("frames"), "dim": meta.get("dim"), "valid_frac": meta.get("valid_frac"),
-                     "fingerprint": meta.get("fingerprint"), "fps": meta.get("fps")})
-    df = pd.DataFrame(rows, columns=["extractor", "name", "path", "frames", "dim", "valid_frac", "fingerprint", "fps"])
+        rows.append(
+            {
+                "extractor": path.parent.name,
+                "name": path.stem,
+                "path": str(path.relative_to(root)),
+                "frames": meta.get("frames"),
+                "dim": meta.get("dim"),
+                "valid_frac": meta.get("valid_frac"),
+                "fingerprint": meta.get("fingerprint"),
+                "fps": meta.get("fps"),
+            }
+        )
+    df = pd.DataFrame(
+        rows, columns=["extractor", "name", "path", "frames", "dim", "valid_frac", "fingerprint", "fps"]
+    )
     with atomic_path(root / filename) as tmp:
         df.to_parquet(tmp, index=False)
     return df

@@ -1,4 +1,5 @@
 """Atomic file writes: a failure or a kill leaves either the old file or none, never half a file."""
+
 from __future__ import annotations
 
 import contextlib
@@ -50,9 +51,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
     """Save arrays to an uncompressed ``.npz`` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def clean_stale_temps(folder: str | Path) -> int:

@@ -4,6 +4,7 @@
 A whole hour of 44.1 kHz audio is 600 MB as float32 and several GB once a front end resamples it and
 builds its spectrogram in float64; chunks keep that bounded by the chunk length instead of the file's.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,9 @@ from vafusion.errors import MediaError
 from vafusion.io.video import _open
 
 
-def encode_audio(stream: av.audio.stream.AudioStream, wave: np.ndarray, rate: int, start: int = 0,
-                 flush: bool = True) -> Iterator[av.Packet]:
+def encode_audio(
+    stream: av.audio.stream.AudioStream, wave: np.ndarray, rate: int, start: int = 0, flush: bool = True
+) -> Iterator[av.Packet]:
     """Encode float audio into ``stream`` and yield its packets (the caller muxes them, or alters them first).
 
     Args:
@@ -32,8 +34,9 @@ def encode_audio(stream: av.audio.stream.AudioStream, wave: np.ndarray, rate: in
     planes = np.atleast_2d(np.asarray(wave, np.float32))
     layout = "stereo" if len(planes) == 2 else "mono"
     for s in range(0, planes.shape[1], 1024):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(planes[:, s : s + 1024]), format="fltp",
-                                           layout=layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(planes[:, s : s + 1024]), format="fltp", layout=layout
+        )
         frame.sample_rate, frame.pts, frame.time_base = rate, start + s, Fraction(1, rate)
         yield from stream.encode(frame)
     if flush:
@@ -42,7 +45,8 @@ def encode_audio(stream: av.audio.stream.AudioStream, wave: np.ndarray, rate: in
 
 @dataclass
 class AudioChunk:
-    """A stretch of mono audio: ``wave`` starts at ``start`` s; frames at ``core_start <= t < core_end`` use it.
+    """A stretch of mono audio: ``wave`` starts at ``start`` s; frames at ``core_start <= t < core_end``
+    use it.
 
     ``total`` (s) is the length of the whole track, known only on the last chunk (``None`` before).
     """
@@ -53,6 +57,31 @@ class AudioChunk:
     core_start: float
     core_end: float
     total: float | None
+
+
+def _decoded(
+    container: av.container.InputContainer,
+    stream: av.audio.stream.AudioStream,
+    resampler: av.AudioResampler,
+    path: Path,
+) -> Iterator[np.ndarray]:
+    """Mono float32 sample blocks of ``stream`` in order; a stream broken after some samples just ends."""
+    got = False
+    try:
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                got = True
+                yield out.to_ndarray().reshape(-1)
+    except av.error.FFmpegError as exc:
+        if not got:
+            raise MediaError(
+                path,
+                f"audio stream cannot be decoded ({exc})",
+                "re-encode the audio with ffmpeg, or run without audio features",
+            ) from None
+        return
+    for out in resampler.resample(None):
+        yield out.to_ndarray().reshape(-1)
 
 
 def iter_audio_chunks(path: str | Path, chunk_s: int = 30, margin_s: int = 2) -> Iterator[AudioChunk]:
@@ -87,22 +116,7 @@ def iter_audio_chunks(path: str | Path, chunk_s: int = 30, margin_s: int = 2) ->
         pending = 0
         core = 0
 
-        def decoded() -> Iterator[np.ndarray]:
-            got = False
-            try:
-                for frame in container.decode(stream):
-                    for out in resampler.resample(frame):
-                        got = True
-                        yield out.to_ndarray().reshape(-1)
-            except av.error.FFmpegError as exc:
-                if not got:
-                    raise MediaError(path, f"audio stream cannot be decoded ({exc})",
-                                     "re-encode the audio with ffmpeg, or run without audio features") from None
-                return
-            for out in resampler.resample(None):
-                yield out.to_ndarray().reshape(-1)
-
-        for samples in decoded():
+        for samples in _decoded(container, stream, resampler, path):
             pieces.append(samples)
             pending += samples.size
             if buf_start + buf.size + pending < core + size + margin:

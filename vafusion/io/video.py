@@ -2,6 +2,7 @@
 
 Everything reads streams incrementally, so memory does not grow with video length.
 """
+
 from __future__ import annotations
 
 import queue
@@ -34,12 +35,12 @@ class VideoInfo:
     audio_rate: int | None
     audio_channels: int | None
     times: np.ndarray | None = field(default=None, compare=False, repr=False)
-    """Presentation time (s, from the first frame) of every frame, from the packets; set when frames were counted."""
+    """Presentation time (s from the first frame) of every frame, from its packet (if frames were counted)."""
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One decoded frame: 0-based ``index``, ``time`` in seconds from the stream start, RGB ``image`` (H, W, 3)."""
+    """One decoded frame: 0-based ``index``, ``time`` in s from the stream start, RGB ``image`` (H, W, 3)."""
 
     index: int
     time: float
@@ -57,14 +58,19 @@ def _open(path: Path) -> av.container.InputContainer:
         return av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         detail = getattr(exc, "strerror", None) or str(exc)
-        raise MediaError(path, f"not a readable media file ({detail})",
-                         "check that it is a complete video (a copy cut short loses its index); "
-                         "re-copy it, or re-encode it with ffmpeg") from None
+        raise MediaError(
+            path,
+            f"not a readable media file ({detail})",
+            "check that it is a complete video (a copy cut short loses its index); "
+            "re-copy it, or re-encode it with ffmpeg",
+        ) from None
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
     if not container.streams.video:
-        raise MediaError(path, "no video stream (audio-only or not a video)", "pass a file with a video track")
+        raise MediaError(
+            path, "no video stream (audio-only or not a video)", "pass a file with a video track"
+        )
     return container.streams.video[0]
 
 
@@ -83,6 +89,45 @@ def _rotation(stream: av.video.stream.VideoStream, container: av.container.Input
     except av.error.FFmpegError:
         return 0
     return 0
+
+
+def _count_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path, listed: int
+) -> tuple[int, np.ndarray | None]:
+    """Frames of ``stream`` counted from its packets, and their presentation times (s from the first).
+
+    A truncated MP4/MOV (fewer packets than its index lists) is an error; the container is rewound.
+    """
+    n_frames = present = 0
+    pts: list[int] = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size or packet.dts is not None:  # not the end-of-stream flush packet
+                present += 1  # AVI keeps empty packets for dropped frames in its frame count
+            if packet.size:
+                n_frames += 1
+                if packet.pts is not None:
+                    pts.append(packet.pts)
+    except av.error.FFmpegError as exc:
+        raise MediaError(
+            path,
+            f"stream is corrupt ({exc})",
+            "the file is probably truncated; re-copy it or re-encode with ffmpeg",
+        ) from None
+    # only MP4/MOV indexes list every frame exactly (an AVI header may count a few more)
+    exact_index = "mov" in container.format.name.split(",")
+    if exact_index and 0 < present < listed:
+        raise MediaError(
+            path,
+            f"truncated: its index lists {listed} video frames but only {present} are in the file",
+            "re-copy or re-download the complete file",
+        )
+    container.seek(0)
+    times = None
+    if pts and len(pts) == n_frames and stream.time_base is not None:
+        ticks = np.sort(np.asarray(pts, np.int64))
+        times = (ticks - ticks[0]).astype(np.float64) * float(stream.time_base)
+    return n_frames, times
 
 
 def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
@@ -104,28 +149,7 @@ def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
         n_frames = listed
         times = None
         if count_frames or n_frames <= 0:
-            n_frames = present = 0
-            pts: list[int] = []
-            try:
-                for packet in container.demux(stream):
-                    if packet.size or packet.dts is not None:  # not the end-of-stream flush packet
-                        present += 1  # AVI keeps empty packets for dropped frames in its frame count
-                    if packet.size:
-                        n_frames += 1
-                        if packet.pts is not None:
-                            pts.append(packet.pts)
-            except av.error.FFmpegError as exc:
-                raise MediaError(path, f"stream is corrupt ({exc})",
-                                 "the file is probably truncated; re-copy it or re-encode with ffmpeg") from None
-            # only MP4/MOV indexes list every frame exactly (an AVI header may count a few more)
-            exact_index = "mov" in container.format.name.split(",")
-            if exact_index and 0 < present < listed:
-                raise MediaError(path, f"truncated: its index lists {listed} video frames but only {present} "
-                                 "are in the file", "re-copy or re-download the complete file")
-            container.seek(0)
-            if pts and len(pts) == n_frames and stream.time_base is not None:
-                ticks = np.sort(np.asarray(pts, np.int64))
-                times = (ticks - ticks[0]).astype(np.float64) * float(stream.time_base)
+            n_frames, times = _count_frames(container, stream, path, listed)
         if fps <= 0 and duration > 0:
             fps = n_frames / duration
         audio = container.streams.audio[0] if container.streams.audio else None
@@ -134,10 +158,19 @@ def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
         width, height = height, width
     if n_frames <= 0:
         raise MediaError(path, "video stream holds no frames", "check that the file is a complete video")
-    return VideoInfo(path=path, fps=fps, n_frames=n_frames, width=width, height=height, duration=duration,
-                     rotation=rotation, has_audio=audio is not None,
-                     audio_rate=int(audio.rate) if audio is not None else None,
-                     audio_channels=int(audio.channels) if audio is not None else None, times=times)
+    return VideoInfo(
+        path=path,
+        fps=fps,
+        n_frames=n_frames,
+        width=width,
+        height=height,
+        duration=duration,
+        rotation=rotation,
+        has_audio=audio is not None,
+        audio_rate=int(audio.rate) if audio is not None else None,
+        audio_channels=int(audio.channels) if audio is not None else None,
+        times=times,
+    )
 
 
 def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
@@ -167,12 +200,17 @@ def iter_frames(path: str | Path, start_time: float | None = None) -> Iterator[F
                     t = index / fps + (t0 or 0.0)
                 if t0 is None:
                     t0 = t
-                image = _rotate(frame.to_ndarray(format="rgb24"), int(round(getattr(frame, "rotation", 0) or 0)))
+                image = _rotate(
+                    frame.to_ndarray(format="rgb24"), int(round(getattr(frame, "rotation", 0) or 0))
+                )
                 yield Frame(index=index, time=float(t - t0), image=image)
                 index += 1
         except av.error.FFmpegError as exc:
-            raise MediaError(path, f"decoding stopped at frame {index} ({exc})",
-                             "the file is probably truncated or corrupt; re-encode it with ffmpeg") from None
+            raise MediaError(
+                path,
+                f"decoding stopped at frame {index} ({exc})",
+                "the file is probably truncated or corrupt; re-encode it with ffmpeg",
+            ) from None
     if index == 0:
         raise MediaError(path, "no frame could be decoded", "check that the file is a complete video")
 
@@ -206,7 +244,7 @@ def read_ahead(items: Iterable, depth: int = 8) -> Iterator:
                 if not put((True, item)):
                     return
             put((True, done))
-        except BaseException as exc:  # noqa: BLE001 - handed over to the consumer, which raises it
+        except BaseException as exc:
             put((False, exc))
         finally:
             close = getattr(source, "close", None)
@@ -251,8 +289,11 @@ def read_audio(path: str | Path, sample_rate: int | None = 16000) -> tuple[np.nd
                 chunks.append(out.to_ndarray().reshape(-1))
         except av.error.FFmpegError as exc:
             if not chunks:
-                raise MediaError(path, f"audio stream cannot be decoded ({exc})",
-                                 "re-encode the audio with ffmpeg, or run without audio features") from None
+                raise MediaError(
+                    path,
+                    f"audio stream cannot be decoded ({exc})",
+                    "re-encode the audio with ffmpeg, or run without audio features",
+                ) from None
     wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     return wave, rate
 

@@ -4,6 +4,7 @@ A branch is one feature stream (visual, vggish, logmel, or their offline stand-i
 the query stream; every other branch is attended to by it (eq. 9-10). With one branch the network is the
 single-modality model of the same design (TCN -> head).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,10 +15,13 @@ from torch import nn
 from vafusion.models.components.cross_attention import CrossModalAttention
 from vafusion.models.components.tcn import MultiScaleTCN
 
+OUTPUTS = 2
+"""Valence and arousal."""
+
 
 @dataclass
 class BranchSpec:
-    """One input stream: its name (the extractor) and feature width."""
+    """One input stream: its role (``visual``, ``vggish``, ``logmel``) and feature width."""
 
     name: str
     dim: int
@@ -25,19 +29,22 @@ class BranchSpec:
 
 @dataclass
 class FusionConfig:
-    """Widths and regularisation of the network; the paper leaves these open (see docs/model.md)."""
+    """The network's hyperparameters, the one schema for them (``model.*`` in the experiment config).
 
-    tcn_channels: int = 64
-    kernel_sizes: tuple[int, ...] = (3, 5, 7)
-    dilations: tuple[int, ...] = (1, 2, 4, 8)
+    The paper leaves widths, dilations and regularisation open; these defaults and the reasons for them are
+    in docs/model.md. ``attn_span`` > 0 limits each visual frame's attention to audio frames within that
+    many frames; 0 is the paper's literal full-window attention.
+    """
+
+    tcn_channels: int = 32
+    kernel_sizes: list[int] = field(default_factory=lambda: [3, 5, 7])
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     tcn_dropout: float = 0.1
     attn_dim: int = 128
     attn_dropout: float = 0.1
-    attn_span: int = 0
+    attn_span: int = 15
     head_hidden: int = 128
     head_dropout: float = 0.3
-    outputs: int = 2
-    branches: list[BranchSpec] = field(default_factory=list)
 
 
 class Branch(nn.Module):
@@ -46,12 +53,13 @@ class Branch(nn.Module):
     def __init__(self, spec: BranchSpec, cfg: FusionConfig) -> None:
         super().__init__()
         self.missing = nn.Parameter(torch.zeros(spec.dim))
-        self.tcn = MultiScaleTCN(spec.dim, cfg.tcn_channels, tuple(cfg.kernel_sizes), tuple(cfg.dilations),
-                                 cfg.tcn_dropout)
+        self.tcn = MultiScaleTCN(
+            spec.dim, cfg.tcn_channels, tuple(cfg.kernel_sizes), tuple(cfg.dilations), cfg.tcn_dropout
+        )
         self.out_dim = self.tcn.out_dim
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """x (B, T, D), valid (B, T) -> (B, T, out_dim). Invalid frames (no face, no audio) become ``missing``."""
+        """x (B, T, D), valid (B, T) -> (B, T, out_dim); invalid frames (no face/audio) become ``missing``."""
         x = torch.where(valid.unsqueeze(-1), x, self.missing.to(x.dtype))
         return self.tcn(x)
 
@@ -59,33 +67,40 @@ class Branch(nn.Module):
 class FusionNet(nn.Module):
     """[F_v, Attn(F_v, F_a1), Attn(F_v, F_a2), ...] -> LayerNorm -> Linear -> GELU -> Dropout -> Linear.
 
-    ``forward`` takes a dict of per-branch features and validity masks, so callers never depend on
+    ``branches`` lists the input streams, the query stream first. ``forward`` takes a dict of per-branch
+    features and validity masks, so callers never depend on
     branch order.
     """
 
-    def __init__(self, cfg: FusionConfig) -> None:
+    def __init__(self, cfg: FusionConfig, branches: list[BranchSpec]) -> None:
         super().__init__()
-        if not cfg.branches:
+        if not branches:
             raise ValueError("FusionNet needs at least one branch")
         self.cfg = cfg
-        self.names = [b.name for b in cfg.branches]
-        self.branches = nn.ModuleDict({b.name: Branch(b, cfg) for b in cfg.branches})
+        self.specs = list(branches)
+        self.names = [b.name for b in branches]
+        self.branches = nn.ModuleDict({b.name: Branch(b, cfg) for b in branches})
         q_dim = self.branches[self.names[0]].out_dim
-        self.attn = nn.ModuleDict({
-            name: CrossModalAttention(q_dim, self.branches[name].out_dim, cfg.attn_dim, cfg.attn_dropout,
-                                      cfg.attn_span)
-            for name in self.names[1:]
-        })
+        self.attn = nn.ModuleDict(
+            {
+                name: CrossModalAttention(
+                    q_dim, self.branches[name].out_dim, cfg.attn_dim, cfg.attn_dropout, cfg.attn_span
+                )
+                for name in self.names[1:]
+            }
+        )
         d = q_dim + cfg.attn_dim * len(self.attn)
         self.head = nn.Sequential(
             nn.LayerNorm(d),
             nn.Linear(d, cfg.head_hidden),
             nn.GELU(),
             nn.Dropout(cfg.head_dropout),
-            nn.Linear(cfg.head_hidden, cfg.outputs),
+            nn.Linear(cfg.head_hidden, OUTPUTS),
         )
 
-    def forward_features(self, feats: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_features(
+        self, feats: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """Per-branch (B, T, D_b) features and (B, T) masks -> fused (B, T, D_fused)."""
         h = {n: self.branches[n](feats[n], valid[n]) for n in self.names}
         query = h[self.names[0]]

@@ -11,6 +11,7 @@ epoch by validation accuracy is kept. Outputs, beside ``out`` (e.g. ``fer_r50.pt
 * ``<stem>.json``: classes, label mode, data counts, per-epoch history, validation/test accuracy;
 * ``<out>.work/``: Lightning checkpoints (``last.ckpt`` for ``--resume``) and ``metrics.csv``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,9 @@ from torch.utils.data import DataLoader
 
 from vafusion.data.ferplus import FaceDataset, FaceSet, load_face_data
 from vafusion.errors import VafusionError
-from vafusion.features.iresnet import EMBEDDING_SIZE, canonical_arch, preprocess
 from vafusion.io.atomic import atomic_path, write_json
+from vafusion.models.iresnet import EMBEDDING_SIZE, canonical_arch, preprocess
+from vafusion.weights import load_iresnet, sha256
 
 FORMAT = "vafusion-ferplus/1"
 
@@ -56,7 +58,7 @@ class FinetuneConfig:
 
 
 class FaceClassifier(nn.Module):
-    """``backbone`` (faces ``(N, 3, 112, 112)`` -> ``(N, 512)``) followed by a linear head over the classes."""
+    """``backbone`` (faces ``(N, 3, 112, 112)`` -> ``(N, 512)``), then a linear head over the classes."""
 
     def __init__(self, backbone: nn.Module, n_classes: int, dim: int = EMBEDDING_SIZE) -> None:
         super().__init__()
@@ -111,8 +113,9 @@ class FaceTask(L.LightningModule):
         self.log_dict({"val_acc": acc, "val_loss": loss}, prog_bar=True)
         if not self.trainer.sanity_checking:
             train = sum(self._train) / len(self._train) if self._train else float("nan")
-            self.history.append({"epoch": self.current_epoch + 1, "train_loss": train, "val_loss": loss,
-                                 "val_acc": acc})
+            self.history.append(
+                {"epoch": self.current_epoch + 1, "train_loss": train, "val_loss": loss, "val_acc": acc}
+            )
         self._train = []
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -123,8 +126,10 @@ class FaceTask(L.LightningModule):
 
     def configure_optimizers(self):
         c = self.cfg
-        groups = [{"params": [p for p in self.model.backbone.parameters() if p.requires_grad], "lr": c.lr},
-                  {"params": list(self.model.head.parameters()), "lr": c.lr * c.head_lr_scale}]
+        groups = [
+            {"params": [p for p in self.model.backbone.parameters() if p.requires_grad], "lr": c.lr},
+            {"params": list(self.model.head.parameters()), "lr": c.lr * c.head_lr_scale},
+        ]
         opt = torch.optim.AdamW(groups, weight_decay=c.weight_decay)
         warm = max(1, round(c.warmup * self.steps))
 
@@ -144,16 +149,29 @@ def _quiet_lightning() -> None:
     """
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    for pattern in (".*does not have many workers.*", ".*number of training batches.*",
-                    ".*exists and is not empty.*", ".*LitLogger.*", ".*litlogger.*", ".*treespec.*"):
+    for pattern in (
+        ".*does not have many workers.*",
+        ".*number of training batches.*",
+        ".*exists and is not empty.*",
+        ".*LitLogger.*",
+        ".*litlogger.*",
+        ".*treespec.*",
+    ):
         warnings.filterwarnings("ignore", pattern)
 
 
 def _loader(faces: FaceSet, cfg: FinetuneConfig, train: bool) -> DataLoader:
     ds = FaceDataset(faces, augment=train, min_crop=cfg.min_crop)
     gen = torch.Generator().manual_seed(cfg.seed) if train else None
-    return DataLoader(ds, batch_size=cfg.batch, shuffle=train, drop_last=train and len(ds) > cfg.batch,
-                      num_workers=cfg.workers, generator=gen, persistent_workers=False)
+    return DataLoader(
+        ds,
+        batch_size=cfg.batch,
+        shuffle=train,
+        drop_last=train and len(ds) > cfg.batch,
+        num_workers=cfg.workers,
+        generator=gen,
+        persistent_workers=False,
+    )
 
 
 @torch.inference_mode()
@@ -168,29 +186,59 @@ def accuracy(model: nn.Module, faces: FaceSet, batch: int = 64) -> float:
     return correct / max(len(ds), 1)
 
 
-def train_classifier(model: FaceClassifier, train: FaceSet, val: FaceSet, cfg: FinetuneConfig, work: Path,
-                     resume: bool = False, progress: bool = False,
-                     test: FaceSet | None = None) -> tuple[FaceClassifier, dict]:
+def _trainer(cfg: FinetuneConfig, work: Path, progress: bool) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A Lightning trainer that keeps the epoch with the best validation accuracy."""
+    ckpt = ModelCheckpoint(
+        dirpath=work,
+        filename="best",
+        monitor="val_acc",
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=1,
+        precision=cfg.precision,
+        callbacks=[ckpt],
+        logger=CSVLogger(work, name="", version=""),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    return trainer, ckpt
+
+
+def train_classifier(
+    model: FaceClassifier,
+    train: FaceSet,
+    val: FaceSet,
+    cfg: FinetuneConfig,
+    work: Path,
+    resume: bool = False,
+    progress: bool = False,
+    test: FaceSet | None = None,
+) -> tuple[FaceClassifier, dict]:
     """Fit ``model`` on ``train`` with Lightning, keep the epoch with the best ``val`` accuracy.
 
     ``resume`` continues from ``work/last.ckpt``. With ``test``, the best model is also scored on it (on
     the training device). Returns the best model (CPU, eval mode) and training facts.
     """
     if len(train) == 0 or len(val) == 0:
-        raise VafusionError(work, f"{len(train)} training and {len(val)} validation faces after labelling",
-                            "check the data: FER+ rows won by unknown/NF votes are dropped")
+        raise VafusionError(
+            work,
+            f"{len(train)} training and {len(val)} validation faces after labelling",
+            "check the data: FER+ rows won by unknown/NF votes are dropped",
+        )
     _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model.train()
     dl_train, dl_val = _loader(train, cfg, True), _loader(val, cfg, False)
     task = FaceTask(model, cfg, steps=len(dl_train) * cfg.epochs)
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = ModelCheckpoint(dirpath=work, filename="best", monitor="val_acc", mode="max", save_last=True,
-                           enable_version_counter=False)
-    trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=1, precision=cfg.precision,
-                        callbacks=[ckpt], logger=CSVLogger(work, name="", version=""),
-                        enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-                        log_every_n_steps=1)
+    trainer, ckpt = _trainer(cfg, work, progress)
     last = work / "last.ckpt"
     t0 = time.perf_counter()
     resumed = resume and last.exists()
@@ -200,9 +248,16 @@ def train_classifier(model: FaceClassifier, train: FaceSet, val: FaceSet, cfg: F
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state)
     best = max(task.history, key=lambda h: h["val_acc"]) if task.history else {}
-    facts = {"epochs": trainer.current_epoch, "history": task.history, "best_epoch": best.get("epoch"),
-             "best_val_acc": best.get("val_acc"), "train_seconds": round(seconds, 2),
-             "train_faces": len(train), "val_faces": len(val), "resumed": resumed}
+    facts = {
+        "epochs": trainer.current_epoch,
+        "history": task.history,
+        "best_epoch": best.get("epoch"),
+        "best_val_acc": best.get("val_acc"),
+        "train_seconds": round(seconds, 2),
+        "train_faces": len(train),
+        "val_faces": len(val),
+        "resumed": resumed,
+    }
     if test is not None and len(test):
         scores = trainer.test(task, _loader(test, cfg, False), verbose=False)
         facts.update(test_acc=float(scores[0]["test_acc"]), test_faces=len(test))
@@ -213,15 +268,21 @@ def output_paths(out: str | Path) -> dict[str, Path]:
     """Where :func:`finetune_face` writes: backbone, head, summary JSON and the Lightning work folder."""
     out = Path(out)
     stem = out.name[: -len(out.suffix)] if out.suffix else out.name
-    return {"backbone": out, "head": out.with_name(f"{stem}.head.pt"), "summary": out.with_name(f"{stem}.json"),
-            "work": out.with_name(f"{out.name}.work")}
+    return {
+        "backbone": out,
+        "head": out.with_name(f"{stem}.head.pt"),
+        "summary": out.with_name(f"{stem}.json"),
+        "work": out.with_name(f"{out.name}.work"),
+    }
 
 
 def export(model: FaceClassifier, out: str | Path, summary: dict) -> dict[str, Path]:
     """Write the backbone (arcface_torch keys), the head and the summary, each atomically."""
     paths = output_paths(out)
-    backbone = {k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
-                for k, v in model.backbone.state_dict().items()}
+    backbone = {
+        k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
+        for k, v in model.backbone.state_dict().items()
+    }
     with atomic_path(paths["backbone"]) as tmp:
         torch.save(backbone, tmp)
     with atomic_path(paths["head"]) as tmp:
@@ -230,23 +291,37 @@ def export(model: FaceClassifier, out: str | Path, summary: dict) -> dict[str, P
     return paths
 
 
-def finetune_face(data: str | Path, weights: str | Path, out: str | Path, cfg: FinetuneConfig,
-                  resume: bool = False, progress: bool = True) -> dict:
+def finetune_face(
+    data: str | Path,
+    weights: str | Path,
+    out: str | Path,
+    cfg: FinetuneConfig,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
     """Fine-tune an IResNet (from arcface_torch ``weights``) on FER+ or an image folder; write ``out``.
 
     Returns the summary also written to ``<stem>.json``.
     """
-    from vafusion.weights import load_iresnet, sha256
-
     arch = canonical_arch(cfg.arch)
     sets = load_face_data(data, cfg.labels)
     backbone = load_iresnet(arch, weights)
     model = FaceClassifier(backbone.train(), len(sets["train"].classes))
     paths = output_paths(out)
-    model, facts = train_classifier(model, sets["train"], sets["val"], cfg, paths["work"], resume, progress,
-                                    test=sets.get("test"))
-    summary = {"format": FORMAT, "arch": arch, "classes": list(sets["train"].classes), "labels": cfg.labels,
-               "data": str(data), "init_weights": str(weights), "init_sha256": sha256(weights),
-               "counts": {split: s.counts() for split, s in sets.items()}, "config": asdict(cfg), **facts}
+    model, facts = train_classifier(
+        model, sets["train"], sets["val"], cfg, paths["work"], resume, progress, test=sets.get("test")
+    )
+    summary = {
+        "format": FORMAT,
+        "arch": arch,
+        "classes": list(sets["train"].classes),
+        "labels": cfg.labels,
+        "data": str(data),
+        "init_weights": str(weights),
+        "init_sha256": sha256(weights),
+        "counts": {split: s.counts() for split, s in sets.items()},
+        "config": asdict(cfg),
+        **facts,
+    }
     export(model, out, summary)
     return summary

@@ -1,6 +1,8 @@
-"""Train one model on a set of sequences with Lightning, and save it as a self-describing checkpoint."""
+"""Train one model on a set of sequences with Lightning."""
+
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -14,23 +16,14 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
-from vafusion.config import Config
+from vafusion.config import Config, TrainConfig
+from vafusion.data.sequence import EpochSampler, Sequence, WindowDataset
 from vafusion.errors import VafusionError
 from vafusion.io.atomic import atomic_path, clean_stale_temps
-from vafusion.models.fusion import BranchSpec, FusionConfig, FusionNet
-from vafusion.train.data import EpochSampler, Normaliser, Sequence, WindowDataset
+from vafusion.models.fusion import FusionNet
+from vafusion.models.normaliser import Normaliser
+from vafusion.models.registry import create_model, model_entry
 from vafusion.train.module import VATask
-
-CHECKPOINT_FORMAT = "vafusion-model/1"
-
-
-def net_config(cfg: Config, roles: list[str], dims: dict[str, int]) -> FusionConfig:
-    """The network for ``roles`` (first role = query) with widths from ``cfg.model``."""
-    m = cfg.model
-    return FusionConfig(tcn_channels=m.tcn_channels, kernel_sizes=tuple(m.kernel_sizes), dilations=tuple(m.dilations),
-                        tcn_dropout=m.tcn_dropout, attn_dim=m.attn_dim, attn_dropout=m.attn_dropout,
-                        attn_span=m.attn_span, head_hidden=m.head_hidden, head_dropout=m.head_dropout,
-                        branches=[BranchSpec(r, dims[r]) for r in roles])
 
 
 def _collate(items: list[dict]) -> dict:
@@ -76,7 +69,7 @@ def _readable(ckpt: Path) -> bool:
         return False
     try:
         torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - torch raises many types for damaged files
+    except Exception:
         print(f"vafusion: note: {ckpt} is damaged; training this fold from the start", file=sys.stderr)
         return False
     return True
@@ -90,14 +83,81 @@ def check_strategy(strategy: str) -> None:
     process from the command line instead, as torchrun and SLURM do.
     """
     if any(word in str(strategy) for word in ("spawn", "fork", "notebook")):
-        raise VafusionError(None, f"train.strategy={strategy} is not supported",
-                            "use --strategy ddp (every process runs the command; see docs/scaling.md)")
+        raise VafusionError(
+            None,
+            f"train.strategy={strategy} is not supported",
+            "use --strategy ddp (every process runs the command; see docs/scaling.md)",
+        )
 
 
-def fit(train: list[Sequence], val: list[Sequence], roles: list[str], cfg: Config, work: Path, seed: int,
-        init: dict[str, torch.Tensor] | None = None, lr_scale: float = 1.0, resume: bool = False,
-        progress: bool = False) -> tuple[FusionNet, Normaliser, dict]:
-    """Fit a network on normalised windows of ``train``; early-stop on CCC of ``val``.
+def _loaders(
+    train: list[Sequence], val: list[Sequence], t: TrainConfig, seed: int
+) -> tuple[WindowDataset, EpochSampler, DataLoader, DataLoader]:
+    """Training windows (augmented, in a seeded order per epoch) and validation windows."""
+    ds_train = WindowDataset(
+        train,
+        t.window,
+        t.hop,
+        train=True,
+        branch_dropout=t.branch_dropout,
+        frame_dropout=t.frame_dropout,
+        seed=seed,
+    )
+    ds_val = WindowDataset(val, t.window, t.window)
+    order = EpochSampler(len(ds_train), seed)
+    dl_train = DataLoader(
+        ds_train, batch_size=t.batch_size, sampler=order, collate_fn=_collate, num_workers=t.num_workers
+    )
+    dl_val = DataLoader(
+        ds_val, batch_size=t.batch_size, shuffle=False, collate_fn=_collate, num_workers=t.num_workers
+    )
+    return ds_train, order, dl_train, dl_val
+
+
+def _trainer(t: TrainConfig, work: Path, progress: bool) -> tuple[L.Trainer, ModelCheckpoint]:
+    """A deterministic Lightning trainer that keeps the best epoch by validation P and stops early."""
+    ckpt = ModelCheckpoint(
+        dirpath=work,
+        filename="best",
+        monitor="val_P",
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,
+    )
+    stop = EarlyStopping(monitor="val_P", mode="max", patience=t.patience)
+    trainer = L.Trainer(
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        callbacks=[ckpt, stop],
+        logger=CSVLogger(work, name="", version=""),
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        deterministic=True,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    return trainer, ckpt
+
+
+def fit(
+    train: list[Sequence],
+    val: list[Sequence],
+    model: str,
+    cfg: Config,
+    work: Path,
+    seed: int,
+    init: dict[str, torch.Tensor] | None = None,
+    lr_scale: float = 1.0,
+    resume: bool = False,
+    progress: bool = False,
+) -> tuple[FusionNet, Normaliser, dict]:
+    """Fit the registered ``model`` (widths from ``cfg.model``) on normalised windows of ``train``;
+    early-stop on CCC of ``val``.
 
     Returns the best network (by validation P), the normaliser fitted on ``train`` and training facts.
     ``resume`` continues from ``work/last.ckpt`` when a previous run was interrupted.
@@ -108,32 +168,17 @@ def fit(train: list[Sequence], val: list[Sequence], roles: list[str], cfg: Confi
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(seed, workers=True, verbose=False)
     norm = Normaliser.fit(train)
-    train_n = [norm.apply(s) for s in train]
-    val_n = [norm.apply(s) for s in val]
-    dims = {r: train[0].feats[r].shape[1] for r in roles}
-    net = FusionNet(net_config(cfg, roles, dims))
+    dims = {r: train[0].feats[r].shape[1] for r in model_entry(model).roles}
+    net = create_model(model, dims=dims, **dataclasses.asdict(cfg.model))
     if init:
-        missing = net.load_state_dict(init, strict=False)
-        del missing
+        net.load_state_dict(init, strict=False)
     t = cfg.train
-    ds_train = WindowDataset(train_n, t.window, t.hop, train=True, branch_dropout=t.branch_dropout,
-                             frame_dropout=t.frame_dropout, seed=seed)
-    ds_val = WindowDataset(val_n, t.window, t.window)
-    order = EpochSampler(len(ds_train), seed)
-    dl_train = DataLoader(ds_train, batch_size=t.batch_size, sampler=order, collate_fn=_collate,
-                          num_workers=t.num_workers)
-    dl_val = DataLoader(ds_val, batch_size=t.batch_size, shuffle=False, collate_fn=_collate, num_workers=t.num_workers)
+    ds_train, order, dl_train, dl_val = _loaders(
+        [s.normalised(norm) for s in train], [s.normalised(norm) for s in val], t, seed
+    )
     task = VATask(net, t, lr_scale, seed=seed)
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = ModelCheckpoint(dirpath=work, filename="best", monitor="val_P", mode="max", save_last=True,
-                           enable_version_counter=False)
-    stop = EarlyStopping(monitor="val_P", mode="max", patience=t.patience)
-    trainer = L.Trainer(max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices,
-                        num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision,
-                        callbacks=[ckpt, stop], logger=CSVLogger(work, name="", version=""),
-                        plugins=[AtomicCheckpointIO()],
-                        enable_progress_bar=progress, enable_model_summary=False, deterministic=True,
-                        num_sanity_val_steps=0, log_every_n_steps=1)
+    trainer, ckpt = _trainer(t, work, progress)
     order.epoch_of = lambda: trainer.current_epoch
     clean_stale_temps(work)
     last = work / "last.ckpt"
@@ -146,32 +191,11 @@ def fit(train: list[Sequence], val: list[Sequence], roles: list[str], cfg: Confi
     if ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state)
-    facts = {"epochs": trainer.current_epoch, "best_val_P": float(ckpt.best_model_score or float("nan")),
-             "train_windows": len(ds_train), "train_frames": int(sum(s.label_valid.sum() for s in train)),
-             "params": sum(p.numel() for p in net.parameters())}
-    return task.net.eval(), norm, facts
-
-
-def save_model(path: Path, net: FusionNet, norm: Normaliser, streams: dict[str, str], cfg: Config,
-               extra: dict) -> None:
-    """Write a checkpoint that rebuilds the model without the training config (tensors + plain types only)."""
-    from vafusion.config import to_dict
-    from vafusion.io.atomic import atomic_path
-
-    fc = net.cfg
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "net": {"tcn_channels": fc.tcn_channels, "kernel_sizes": list(fc.kernel_sizes), "dilations": list(fc.dilations),
-                "tcn_dropout": fc.tcn_dropout, "attn_dim": fc.attn_dim, "attn_dropout": fc.attn_dropout,
-                "attn_span": fc.attn_span,
-                "head_hidden": fc.head_hidden, "head_dropout": fc.head_dropout, "outputs": fc.outputs,
-                "branches": [[b.name, b.dim] for b in fc.branches]},
-        "streams": {r: streams[r] for r in net.names},
-        "norm": norm.state(),
-        "state_dict": net.state_dict(),
-        "config": to_dict(cfg),
-        "extra": extra,
+    facts = {
+        "epochs": trainer.current_epoch,
+        "best_val_P": float(ckpt.best_model_score or float("nan")),
+        "train_windows": len(ds_train),
+        "train_frames": int(sum(s.label_valid.sum() for s in train)),
+        "params": sum(p.numel() for p in net.parameters()),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
+    return task.net.eval(), norm, facts

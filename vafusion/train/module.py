@@ -1,17 +1,18 @@
 """The Lightning task: owns loss (1 - CCC), metric (CCC per dimension) and optimiser; the net stays pure."""
+
 from __future__ import annotations
 
 import lightning as L
 import torch
 
 from vafusion.config import TrainConfig
+from vafusion.data.sequence import epoch_seed
 from vafusion.metrics import CCC, ccc_loss
 from vafusion.models.fusion import FusionNet
-from vafusion.train.data import epoch_seed
 
 
 class VATask(L.LightningModule):
-    """Train a ``FusionNet`` on windows; validation reports CCC of valence, arousal and their mean ``val_P``."""
+    """Train a ``FusionNet`` on windows; validation reports CCC of valence, arousal and the mean ``val_P``."""
 
     def __init__(self, net: FusionNet, cfg: TrainConfig, lr_scale: float = 1.0, seed: int = 0) -> None:
         super().__init__()
@@ -36,8 +37,10 @@ class VATask(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         c = self.val_ccc.compute()
-        self.log_dict({"val_valence": c[0].float(), "val_arousal": c[1].float(), "val_P": c.mean().float()},
-                      prog_bar=True)
+        self.log_dict(
+            {"val_valence": c[0].float(), "val_arousal": c[1].float(), "val_P": c.mean().float()},
+            prog_bar=True,
+        )
         self.val_ccc.reset()
 
     def on_train_epoch_start(self) -> None:
@@ -56,6 +59,7 @@ class VATask(L.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=self.cfg.plateau_factor,
-                                                           patience=self.cfg.plateau_patience)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=self.cfg.plateau_factor, patience=self.cfg.plateau_patience
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_P"}}

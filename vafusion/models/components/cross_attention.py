@@ -1,4 +1,5 @@
 """Cross-modal attention (paper eq. 8-10): visual frames query an audio stream."""
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,9 @@ class CrossModalAttention(nn.Module):
         self.out_dim = d_model
         self.span = int(span)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, key_valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """query (B, T, Dq), key (B, S, Dk), key_valid (B, S) bool -> (B, T, d_model)."""
         q, k, v = self.q(query), self.k(key), self.v(key)
         scores = torch.matmul(q, k.transpose(1, 2)) * self.scale

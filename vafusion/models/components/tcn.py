@@ -1,4 +1,5 @@
-"""Temporal convolutional networks (Bai et al., 2018), non-causal, and the paper's multi-scale TCN (eq. 5-7)."""
+"""Temporal convolutional networks (Bai et al., 2018), non-causal, and the multi-scale TCN (eq. 5-7)."""
+
 from __future__ import annotations
 
 import torch
@@ -36,7 +37,9 @@ class TemporalBlock(nn.Module):
 class TCN(nn.Module):
     """A stack of temporal blocks with one kernel size and dilations ``dilations`` (e.g. 1, 2, 4, 8)."""
 
-    def __init__(self, c_in: int, channels: int, kernel_size: int, dilations: tuple[int, ...], dropout: float) -> None:
+    def __init__(
+        self, c_in: int, channels: int, kernel_size: int, dilations: tuple[int, ...], dropout: float
+    ) -> None:
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"TCN kernel size must be odd for 'same' padding, got {kernel_size}")
@@ -63,8 +66,14 @@ class TCN(nn.Module):
 class MultiScaleTCN(nn.Module):
     """Parallel TCNs with kernel sizes 3, 5, 7 (by default) whose outputs are concatenated (paper eq. 5-7)."""
 
-    def __init__(self, c_in: int, channels: int, kernel_sizes: tuple[int, ...] = (3, 5, 7),
-                 dilations: tuple[int, ...] = (1, 2, 4, 8), dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        channels: int,
+        kernel_sizes: tuple[int, ...] = (3, 5, 7),
+        dilations: tuple[int, ...] = (1, 2, 4, 8),
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.tcns = nn.ModuleList(TCN(c_in, channels, k, tuple(dilations), dropout) for k in kernel_sizes)
         self.out_dim = channels * len(kernel_sizes)

@@ -1,0 +1,54 @@
+"""Configuration: the shipped experiment configs load by name or path, from the source tree and from an
+installed wheel; unknown names say which exist."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from tests.helpers import REPO
+from vafusion.config import config_file, config_names, load_config
+from vafusion.errors import VafusionError
+
+
+def test_shipped_configs_load_by_name_and_by_path() -> None:
+    assert {"demo", "paper", "debug/fast"} <= set(config_names())
+    paper = load_config("paper")
+    assert paper.model.tcn_channels == 128 and paper.features.visual == "iresnet"
+    assert load_config(config_file("paper")) == paper
+    assert load_config("debug/fast.yaml").train.max_epochs == 2
+
+
+def test_an_unknown_config_names_the_shipped_ones() -> None:
+    with pytest.raises(VafusionError, match="config file not found.*debug/fast, demo, paper"):
+        load_config("papr")
+
+
+@pytest.mark.slow
+def test_a_built_wheel_carries_the_configs(tmp_path) -> None:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    wheel = next(tmp_path.glob("vafusion-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {
+        "vafusion/configs/paper.yaml",
+        "vafusion/configs/demo.yaml",
+        "vafusion/configs/debug/fast.yaml",
+    } <= names

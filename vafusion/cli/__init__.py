@@ -1,0 +1,54 @@
+"""The ``vafusion`` command: parses flags, calls the library, prints. No logic of its own.
+
+Commands live by stage: :mod:`.data` (synth, extract, merge-features), :mod:`.train` (demo, cv, config,
+finetune-face) and :mod:`.infer` (predict, submit, export); the flags they share are in :mod:`.common`.
+Bad input (``VafusionError``) prints one line on stderr and exits with code 2; ``--verbose`` adds the
+traceback. Every command accepts ``--config NAME|FILE`` and ``--set key=value`` for experiment settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from vafusion.cli import data, infer, train
+from vafusion.errors import VafusionError
+
+EPILOG = "Configuration keys: `vafusion config --show` prints every key with its default."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vafusion`` argument parser (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="vafusion",
+        description="Per-frame valence/arousal from video: face + voice fusion (multi-scale TCNs, "
+        "cross-modal attention), Aff-Wild2 / ABAW VA protocol.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    train.add_parsers(sub)
+    data.add_parsers(sub)
+    infer.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``vafusion`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except VafusionError as exc:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(f"vafusion: error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        hint = " with --resume" if getattr(args, "resume", None) is False else ""
+        print(
+            f"vafusion: interrupted; rerun the same command{hint} to continue (finished work is kept)",
+            file=sys.stderr,
+        )
+        return 130

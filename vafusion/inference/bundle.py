@@ -1,0 +1,270 @@
+"""A trained run as inference sees it: fold models, the streams they read, front-end settings, frame rate.
+
+:class:`RunBundle` loads a run directory written by ``vafusion cv`` / ``vafusion demo``, a
+``RUN/models/<model>`` folder, a single ``fold<k>.pt``, or a registered model name (``vafusion_tiny``:
+untrained, for smoke runs). ``vafusion predict``, ``vafusion submit`` and ``vafusion export`` all read runs
+through it, so they agree on which checkpoints a run has and which settings made its features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+
+from vafusion.config import Config, load_config
+from vafusion.errors import VafusionError, WeightsError
+from vafusion.features.extractors import configured_extractor, resolve_streams
+from vafusion.models.checkpoint import Checkpoint
+from vafusion.models.normaliser import Normaliser
+from vafusion.models.registry import create_model, model_entry, model_names
+from vafusion.weights import load_checkpoint
+
+PREDICT_SECTIONS = ("features", "cv")
+"""The parts of a run's configuration that inference uses: front ends and evaluation windows."""
+
+LEGACY_DEFAULTS = {"features": {"audio_hop": 0.0, "face_stride": 1}}
+"""Settings whose default changed: a run whose config.yaml predates a key was made with these values."""
+
+
+@dataclass
+class FoldModel:
+    """One trained network of a run with its feature normaliser (``net`` may be an ONNX runner)."""
+
+    fold: int
+    net: Any
+    normaliser: Normaliser
+    path: Path | None
+    checkpoint: Checkpoint | None = None
+
+
+def find_checkpoints(
+    source: str | Path, which: str = "fusion", folds: list[int] | None = None
+) -> list[tuple[str, int, Path]]:
+    """(model, fold, path) of the checkpoints of a run directory, a ``RUN/models/<model>`` folder or one file.
+
+    ``which`` picks the model of a run directory; ``folds`` restricts the folds (``None``: all found).
+    """
+    source = Path(source)
+    if source.is_file():
+        ckpt = load_checkpoint(source)
+        name = ckpt.model or ckpt.extra.get("model") or source.parent.name
+        fold = ckpt.fold if ckpt.fold is not None else int(source.stem.removeprefix("fold") or 0)
+        return [(name, fold, source)]
+    if not source.is_dir():
+        raise VafusionError(
+            source,
+            "run directory not found",
+            "pass the directory written by `vafusion cv` or "
+            "`vafusion demo` (it holds models/ and config.yaml), a RUN/models/<model> folder or "
+            "a fold<k>.pt file",
+        )
+    folder = source / "models" / which if (source / "models").is_dir() else source
+    found = sorted((int(p.stem[4:]), p) for p in folder.glob("fold*.pt") if p.stem[4:].isdigit())
+    if not found:
+        _no_models(source, folder, which)
+    if folds is not None:
+        chosen = [(k, p) for k, p in found if k in folds]
+        if not chosen:
+            raise WeightsError(
+                folder / f"fold{folds[0]}.pt",
+                f"no {which} model for fold {', '.join(map(str, folds))}",
+                f"choose one of folds {', '.join(str(k) for k, _ in found)}, or leave --fold out "
+                "to average them all",
+            )
+        found = chosen
+    return [(folder.name, k, p) for k, p in found]
+
+
+def _no_models(run: Path, folder: Path, which: str) -> None:
+    """Raise the error for a run without checkpoints of ``which``, naming the models it does have."""
+    models = run / "models"
+    present = sorted(d.name for d in models.glob("*") if d.is_dir() and any(d.glob("fold*.pt")))
+    if present:
+        raise WeightsError(
+            folder,
+            f"the run has no {which} models (it has: {', '.join(present)})",
+            f"pass --which {present[0]}, or train {which} with `vafusion cv --models {which}`",
+        )
+    raise WeightsError(
+        run,
+        "the run has no trained models (no models/<model>/fold<k>.pt)",
+        "pass the run directory written by `vafusion cv` or `vafusion demo`, or train one first",
+    )
+
+
+def run_config(path: Path | None, stored: dict | None, overrides: list[str]) -> Config:
+    """The run's ``features`` and ``cv`` settings from ``RUN/config.yaml`` (else the checkpoint's copy).
+
+    Only the sections inference uses are read, key by key, so a run made by an older or newer version
+    (with training keys this one does not know) still loads; a key the run predates takes its old default
+    (:data:`LEGACY_DEFAULTS`); ``overrides`` (``features.*=...``) go on top.
+    """
+    raw: dict | None = None
+    if path is not None and path.is_file():
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise VafusionError(
+                path,
+                f"unreadable run configuration ({exc.__class__.__name__})",
+                "restore config.yaml from the run, or delete it to use the checkpoints' copy",
+            ) from None
+    if not isinstance(raw, dict):
+        raw = stored if isinstance(stored, dict) else {}
+    defaults = Config()
+    dotlist = []
+    for section in PREDICT_SECTIONS:
+        known = {f.name for f in dataclasses.fields(getattr(defaults, section))}
+        stored_section = raw.get(section) or {}
+        for key, value in {**LEGACY_DEFAULTS.get(section, {}), **stored_section}.items():
+            if key in known:
+                dotlist.append(f"{section}.{key}={'null' if value is None else _yaml_value(value)}")
+    return load_config(None, dotlist + list(overrides))
+
+
+def _yaml_value(value: Any) -> str:
+    """A config value written so that ``OmegaConf.from_dotlist`` reads it back unchanged."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def training_fps(run: Path, checkpoints: list[Checkpoint]) -> float | None:
+    """The training data's frame rate: from the checkpoints, else ``streams.json`` or the feature manifest."""
+    for ckpt in checkpoints:
+        if isinstance(ckpt.fps, (int, float)) and ckpt.fps > 0:
+            return float(ckpt.fps)
+    streams_file = run / "streams.json"
+    if streams_file.is_file():
+        try:
+            meta = json.loads(streams_file.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        for key in ("fps", "train_fps"):
+            if isinstance(meta.get(key), (int, float)) and meta[key] > 0:
+                return float(meta[key])
+    manifest = run / "features" / "manifest.parquet"
+    if manifest.is_file():
+        try:
+            fps = pd.read_parquet(manifest, columns=["fps"])["fps"].dropna()
+        except (OSError, ValueError, KeyError):
+            return None
+        if len(fps):
+            return float(fps.median())
+    return None
+
+
+def _check_streams(run: Path, streams: dict[str, str]) -> None:
+    """``RUN/streams.json`` must agree with the checkpoints on which extractor fills each stream."""
+    streams_file = run / "streams.json"
+    if not streams_file.is_file():
+        return
+    try:
+        recorded = json.loads(streams_file.read_text()).get("streams", {})
+    except (OSError, ValueError):
+        raise VafusionError(
+            streams_file, "unreadable streams file", "rewrite it by rerunning `vafusion cv`"
+        ) from None
+    clash = {r: (e, recorded[r]) for r, e in streams.items() if r in recorded and recorded[r] != e}
+    if clash:
+        raise WeightsError(
+            streams_file,
+            f"models and streams.json disagree: {clash}",
+            "the models were trained with other features; rerun `vafusion cv`",
+        )
+
+
+@dataclass
+class RunBundle:
+    """The fold models of one model of a run, with what inference needs to feed them as in training.
+
+    Attributes:
+        source: what was loaded (run directory, folder, file or registered name).
+        which: the model (``fusion``, ``visual``, ...).
+        folds: the fold networks to average (at least one), all reading the same streams.
+        streams: role -> extractor name.
+        config: the run's ``features`` and ``cv`` settings (legacy defaults applied, overrides on top).
+        train_fps: frame rate of the training videos, ``None`` if unknown.
+        trained: ``False`` for an untrained registered model (its outputs mean nothing).
+    """
+
+    source: str | Path
+    which: str
+    folds: list[FoldModel]
+    streams: dict[str, str]
+    config: Config
+    train_fps: float | None = None
+    trained: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def roles(self) -> list[str]:
+        """The model's streams, the attention query first."""
+        return list(self.folds[0].net.names)
+
+    @classmethod
+    def load(
+        cls,
+        source: str | Path,
+        which: str = "fusion",
+        fold: int | None = None,
+        feature_overrides: list[str] | None = None,
+    ) -> RunBundle:
+        """Load ``source`` (see the module docstring); ``fold=None`` keeps every fold model.
+
+        ``feature_overrides`` (``["features.iresnet_weights=PATH", ...]``) repoint front-end weight files
+        that moved since training; other sections cannot change, the model's settings come from the run.
+        """
+        overrides = list(feature_overrides or [])
+        bad = [o for o in overrides if not o.startswith("features.")]
+        if bad:
+            raise VafusionError(
+                None,
+                f"only features.* keys can be changed for prediction, got {bad[0]!r}",
+                "the model's settings come from the run; repoint weight files with features.*",
+            )
+        if str(source) in model_names() and not Path(source).exists():
+            return cls.untrained(str(source), overrides)
+        source = Path(source)
+        if which not in model_names(trainable=True):
+            raise VafusionError(
+                None, f"unknown model {which!r}", f"choose one of {', '.join(model_names(True))}"
+            )
+        models, ckpts, streams = [], [], None
+        for _, k, path in find_checkpoints(source, which, None if fold is None else [fold]):
+            ckpt = load_checkpoint(path)
+            if streams is None:
+                streams = dict(ckpt.streams)
+            elif any(streams.get(r) != e for r, e in ckpt.streams.items()):
+                raise WeightsError(
+                    path,
+                    f"fold models disagree on their extractors ({ckpt.streams} vs {streams})",
+                    "retrain the run, or pick one model with --fold",
+                )
+            models.append(FoldModel(k, ckpt.net, ckpt.normaliser, path, ckpt))
+            ckpts.append(ckpt)
+        assert streams is not None
+        run = source if source.is_dir() else source.parent
+        _check_streams(run, streams)
+        cfg = run_config(source / "config.yaml" if source.is_dir() else None, ckpts[0].config, overrides)
+        return cls(source, which, models, streams, cfg, training_fps(run, ckpts))
+
+    @classmethod
+    def untrained(cls, name: str, feature_overrides: list[str] | None = None, seed: int = 0) -> RunBundle:
+        """A registered model with fresh weights (seeded) on the configured front ends, for smoke runs."""
+        cfg = run_config(None, {}, list(feature_overrides or []))
+        resolved, _ = resolve_streams(cfg.features)
+        roles = model_entry(name).roles
+        streams = {r: resolved[r] for r in roles}
+        dims = {r: configured_extractor(streams[r], cfg.features).dim for r in roles}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = create_model(name, dims=dims).eval()
+        fold = FoldModel(0, net, Normaliser.identity(dims), None)
+        note = f"{name} is an untrained model: its values are random and only show that the pipeline runs"
+        return cls(name, name, [fold], streams, cfg, None, trained=False, notes=[note])

@@ -1,0 +1,190 @@
+"""``--overlay``: a copy of the video with the face box, the recent VA trace and a VA-plane dot drawn on.
+
+H.264 video with the source's timestamps (variable frame rate kept, rotation applied to the pixels); the
+audio is copied when MP4 can hold its codec and re-encoded to AAC otherwise. Streams frame by frame and
+is written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from vafusion.errors import MediaError
+from vafusion.inference.predictor import Prediction
+from vafusion.io.atomic import atomic_path
+from vafusion.io.video import iter_frames
+
+MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"}
+"""Audio codecs MP4 holds as they are (copied without re-encoding)."""
+VALENCE_RGB, AROUSAL_RGB = (80, 160, 255), (255, 90, 90)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+TIME_BASE = Fraction(1, 90000)
+
+
+def _draw_trace(
+    img: np.ndarray, k: int, times: np.ndarray, va: np.ndarray, u: float, history_s: float
+) -> None:
+    """The last ``history_s`` s of valence and arousal in a darkened strip along the bottom, with values."""
+    h, w = img.shape[:2]
+    thick = max(1, round(2 * u))
+    sh = int(0.22 * h)
+    y0 = h - sh
+    strip = img[y0:h]
+    strip[:] = (strip.astype(np.float32) * 0.35).astype(np.uint8)
+    mid = y0 + sh // 2
+    cv2.line(img, (0, mid), (w - 1, mid), (128, 128, 128), 1)
+    lo = np.searchsorted(times, times[k] - history_s)
+    seg_t = times[lo : k + 1]
+    if len(seg_t) > 1:
+        xs = (w - 1) * (1 - (times[k] - seg_t) / history_s)
+        for col, colour in ((0, VALENCE_RGB), (1, AROUSAL_RGB)):
+            ys = mid - va[lo : k + 1, col] * (sh / 2 - 3)
+            pts = np.stack([xs, ys], axis=1).round().astype(np.int32)
+            cv2.polylines(img, [pts], False, colour, thick, cv2.LINE_AA)
+    for row, (name, colour) in enumerate((("valence", VALENCE_RGB), ("arousal", AROUSAL_RGB))):
+        cv2.putText(
+            img,
+            f"{name} {va[k, row]:+.2f}",
+            (int(6 * u), y0 + int((16 + 18 * row) * u)),
+            FONT,
+            0.5 * u,
+            colour,
+            thick,
+            cv2.LINE_AA,
+        )
+
+
+def _draw_plane(img: np.ndarray, v: float, a: float, u: float) -> None:
+    """The valence-arousal plane in the top right corner with the current value as a dot."""
+    h, w = img.shape[:2]
+    r = int(0.11 * min(h, w))
+    cx, cy = w - r - int(10 * u), r + int(10 * u)
+    cv2.circle(img, (cx, cy), r, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.line(img, (cx - r, cy), (cx + r, cy), (200, 200, 200), 1)
+    cv2.line(img, (cx, cy - r), (cx, cy + r), (200, 200, 200), 1)
+    cv2.putText(img, "V", (cx + r - int(12 * u), cy - 4), FONT, 0.4 * u, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(img, "A", (cx + 4, cy - r + int(12 * u)), FONT, 0.4 * u, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.circle(
+        img, (round(cx + v * r), round(cy - a * r)), max(3, int(5 * u)), (255, 220, 0), -1, cv2.LINE_AA
+    )
+
+
+def draw_overlay(
+    image: np.ndarray, k: int, times: np.ndarray, va: np.ndarray, box: np.ndarray, history_s: float = 10.0
+) -> np.ndarray:
+    """Frame ``k`` with the face box, the last ``history_s`` s of valence/arousal and a VA-plane dot."""
+    img = image.copy()
+    u = max(min(img.shape[:2]) / 480.0, 0.5)
+    if np.isfinite(box).all():
+        cv2.rectangle(
+            img, (int(box[0]), int(box[1])), (int(box[2]), int(box[3])), (0, 220, 0), max(1, round(2 * u))
+        )
+    _draw_trace(img, k, times, va, u, history_s)
+    _draw_plane(img, float(va[k, 0]), float(va[k, 1]), u)
+    return img
+
+
+class _AudioCopy:
+    """The source's first audio stream into the output: packets copied, or decoded and re-encoded to AAC."""
+
+    def __init__(self, src: Path, out: av.container.OutputContainer) -> None:
+        self.out = out
+        self.input = av.open(str(src), metadata_errors="ignore")
+        stream = self.input.streams.audio[0] if self.input.streams.audio else None
+        self.packets: Iterator[av.Packet] | None = None
+        self.pending: av.Packet | None = None
+        if stream is not None and stream.codec_context.name in MP4_AUDIO:
+            self.stream = out.add_stream_from_template(stream)
+            self.packets = (p for p in self.input.demux(stream) if p.dts is not None)
+        elif stream is not None:
+            self.stream = out.add_stream(
+                "aac", rate=48000, layout="stereo" if stream.channels > 1 else "mono"
+            )
+            self.packets = self._reencode(stream)
+
+    def _reencode(self, stream: av.audio.stream.AudioStream) -> Iterator[av.Packet]:
+        resampler = av.AudioResampler(format="fltp", layout=self.stream.layout.name, rate=48000)
+        try:
+            for frame in self.input.decode(stream):
+                for r in resampler.resample(frame):
+                    yield from self.stream.encode(r)
+        except av.error.FFmpegError:
+            pass
+        yield from self.stream.encode(None)
+
+    def mux_until(self, t_s: float) -> None:
+        """Mux the audio packets that start at or before ``t_s`` seconds."""
+        if self.packets is None:
+            return
+        while True:
+            if self.pending is None:
+                self.pending = next(self.packets, None)
+                if self.pending is None:
+                    return
+            pt = self.pending.pts if self.pending.pts is not None else self.pending.dts
+            if (
+                pt is not None
+                and self.pending.time_base is not None
+                and float(pt * self.pending.time_base) > t_s
+            ):
+                return
+            self.pending.stream = self.stream
+            self.out.mux(self.pending)
+            self.pending = None
+
+    def close(self) -> None:
+        """Close the source."""
+        self.input.close()
+
+
+def write_overlay(src: str | Path, prediction: Prediction, dst: str | Path, progress: bool = False) -> Path:
+    """Write the overlay video of ``prediction`` (made from ``src``) to ``dst``; see the module docstring."""
+    src, dst = Path(src), Path(dst)
+    va = prediction.table[["valence", "arousal"]].to_numpy(np.float64)
+    vf = prediction.features
+    times, n = vf.times, len(vf.times)
+    if n == 0:
+        raise MediaError(src, "no frames to draw on", "check that the file is a complete video")
+    h, w = next(iter_frames(src)).image.shape[:2]
+    ph, pw = h + h % 2, w + w % 2  # yuv420p needs even sizes
+    rate = Fraction(vf.fps).limit_denominator(1001) if vf.fps > 0 else Fraction(30)
+    with atomic_path(dst) as tmp, av.open(str(tmp), "w", format="mp4") as out:
+        vs = out.add_stream("libx264", rate=rate)
+        vs.width, vs.height, vs.pix_fmt = pw, ph, "yuv420p"
+        vs.time_base = vs.codec_context.time_base = TIME_BASE
+        vs.options = {"crf": "20", "preset": "veryfast"}
+        audio = _AudioCopy(src, out)
+        try:
+            last_pts = -1
+            for frame in tqdm(
+                iter_frames(src),
+                total=n,
+                desc=f"overlay {src.name}",
+                unit="frame",
+                disable=not progress,
+                leave=False,
+            ):
+                k = min(frame.index, n - 1)
+                img = draw_overlay(frame.image, k, times, va, vf.boxes[k])
+                if (ph, pw) != img.shape[:2]:
+                    img = np.pad(img, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+                vframe = av.VideoFrame.from_ndarray(img, format="rgb24")
+                last_pts = vframe.pts = max(round(times[k] / TIME_BASE), last_pts + 1)
+                vframe.time_base = TIME_BASE
+                for p in vs.encode(vframe):
+                    out.mux(p)
+                audio.mux_until(float(times[k]) + 1.0)
+            for p in vs.encode(None):
+                out.mux(p)
+            audio.mux_until(math.inf)
+        finally:
+            audio.close()
+    return dst

@@ -1,0 +1,73 @@
+"""dlib's face models, from the ``face-recognition-models`` package (shipped on PyPI; nothing is downloaded).
+
+The files are found on disk without importing the package (its ``__init__`` needs ``pkg_resources``) and
+loaded once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import dlib
+
+from vafusion.errors import WeightsError
+
+SHAPE_68 = "shape_predictor_68_face_landmarks.dat"
+SHAPE_5 = "shape_predictor_5_face_landmarks.dat"
+CNN_DETECTOR = "mmod_human_face_detector.dat"
+FACE_DESCRIPTOR = "dlib_face_recognition_resnet_model_v1.dat"
+
+
+def models_dir() -> Path:
+    """Folder holding the dlib ``.dat`` files of the ``face-recognition-models`` package."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        folder = Path(location) / "models"
+        if folder.is_dir():
+            return folder
+    raise WeightsError(
+        None,
+        "the face-recognition-models package (dlib face models) is not installed",
+        "pip install face-recognition-models",
+    )
+
+
+def model_path(filename: str) -> Path:
+    """Path of one dlib model file, e.g. ``shape_predictor_68_face_landmarks.dat``."""
+    path = models_dir() / filename
+    if not path.is_file() or path.stat().st_size == 0:
+        raise WeightsError(path, "dlib model file is missing or empty", "reinstall face-recognition-models")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def load_shape_predictor(filename: str = SHAPE_68) -> dlib.shape_predictor:
+    """A dlib shape predictor from face-recognition-models (68-point by default)."""
+    path = model_path(filename)
+    try:
+        return dlib.shape_predictor(str(path))
+    except RuntimeError as exc:
+        raise WeightsError(
+            path, f"dlib cannot read the shape predictor ({exc})", "reinstall face-recognition-models"
+        ) from exc
+
+
+@functools.lru_cache(maxsize=1)
+def hog_detector() -> dlib.fhog_object_detector:
+    """dlib's HOG frontal face detector (its weights are built into dlib)."""
+    return dlib.get_frontal_face_detector()
+
+
+@functools.lru_cache(maxsize=1)
+def cnn_detector() -> dlib.cnn_face_detection_model_v1:
+    """dlib's MMOD CNN face detector."""
+    path = model_path(CNN_DETECTOR)
+    try:
+        return dlib.cnn_face_detection_model_v1(str(path))
+    except RuntimeError as exc:
+        raise WeightsError(
+            path, f"dlib cannot read the CNN face detector ({exc})", "reinstall face-recognition-models"
+        ) from exc
