@@ -5,8 +5,6 @@ timed in interleaved rounds (A, B, C, A, B, C, ...) inside one process; ratios a
 and the median over rounds is reported, next to the load average seen while measuring.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import platform
@@ -23,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from vafusion.accel import cpu_info, torch_threads  # noqa: E402
+from vafusion.cpu import cpu_info, torch_threads  # noqa: E402
 
 DEMO = REPO / "runs" / "demo"
 
@@ -177,7 +175,7 @@ class DemoEval:
 
         from vafusion.config import CVConfig
         from vafusion.data.affwild2 import scan
-        from vafusion.train.data import load_sequence
+        from vafusion.data.sequence import load_sequence
 
         self.run = run
         cv = OmegaConf.load(run / "config.yaml").get("cv", {})  # the run's own settings, read without schema
@@ -194,18 +192,16 @@ class DemoEval:
         self._models: dict[tuple[str, int], tuple] = {}
 
     def model(self, name: str, fold: int) -> tuple:
-        from vafusion.weights import load_model
+        from vafusion.weights import load_checkpoint
 
         key = (name, fold)
         if key not in self._models:
-            net, norm, roles, _ = load_model(self.run / "models" / name / f"fold{fold}.pt")
-            self._models[key] = (net, norm, list(roles))
+            ckpt = load_checkpoint(self.run / "models" / name / f"fold{fold}.pt")
+            self._models[key] = (ckpt.net, ckpt.normaliser, list(ckpt.streams))
         return self._models[key]
 
     def score(self, name: str, transform: Callable | None = None) -> dict:
         """Mean over folds of CCC valence, arousal and P, plus the per-fold P."""
-        from dataclasses import replace
-
         from vafusion.train.cv import evaluate
 
         per_fold = []
@@ -213,10 +209,7 @@ class DemoEval:
             net, norm, roles = self.model(name, fold)
             names = self.folds.loc[self.folds["fold"] == fold, "name"].tolist()
             seqs = [transform(self.seqs[n]) if transform else self.seqs[n] for n in names]
-            seqs = [
-                replace(s, feats={r: s.feats[r] for r in roles}, valid={r: s.valid[r] for r in roles})
-                for s in seqs
-            ]
+            seqs = [s.subset(roles) for s in seqs]
             with torch.inference_mode(), torch_threads(1):
                 result, _ = evaluate(net, norm, seqs, self.window, self.hop)
             per_fold.append(result)
@@ -230,21 +223,42 @@ class DemoEval:
 
 def add_study_arguments(ap, out: str, features_help: str, variants: Iterable[str]) -> None:
     """The options every CV study script shares (dataset, feature store, output, variants, seeds, threads)."""
-    ap.add_argument("--data", type=Path, default=Path("runs/demo/data"), help="dataset (default runs/demo/data)")
+    ap.add_argument(
+        "--data", type=Path, default=Path("runs/demo/data"), help="dataset (default runs/demo/data)"
+    )
     ap.add_argument("--features", type=Path, default=Path("runs/demo/features"), help=features_help)
     ap.add_argument("--out", type=Path, default=Path(out), help=f"output folder (default {out})")
     ap.add_argument("--variants", default=",".join(variants), help=f"comma list of {', '.join(variants)}")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override passed to every `vafusion cv` run (the same for all variants)")
-    ap.add_argument("--seeds", default="0", help="comma list of cv.seed values; the first fixes the folds "
-                                                 "(default 0)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch CPU threads (default 1: on a few shared cores more threads oversubscribe them)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override passed to every `vafusion cv` run (the same for all variants)",
+    )
+    ap.add_argument(
+        "--seeds", default="0", help="comma list of cv.seed values; the first fixes the folds (default 0)"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a few shared cores more threads oversubscribe them)",
+    )
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def cv_over_seeds(data: Path, features: Path, base: Path, models: str, seeds: list[int], settings: list[str],
-                  quiet: bool, commands: list[str]) -> Iterator[tuple[int, Path]]:
+def cv_over_seeds(
+    data: Path,
+    features: Path,
+    base: Path,
+    models: str,
+    seeds: list[int],
+    settings: list[str],
+    quiet: bool,
+    commands: list[str],
+) -> Iterator[tuple[int, Path]]:
     """Run ``vafusion cv`` once per seed (the first seed's folds reused by the others) and yield each run.
 
     ``settings`` are ``KEY=VALUE`` config overrides; every command line is appended to ``commands``.
@@ -253,8 +267,19 @@ def cv_over_seeds(data: Path, features: Path, base: Path, models: str, seeds: li
 
     for k, seed in enumerate(seeds):
         run = base if k == 0 else base.with_name(f"{base.name}_seed{seed}")
-        cmd = ["cv", "--data", str(data), "--features", str(features), "--out", str(run),
-               "--models", models, "--set", f"cv.seed={seed}"]
+        cmd = [
+            "cv",
+            "--data",
+            str(data),
+            "--features",
+            str(features),
+            "--out",
+            str(run),
+            "--models",
+            models,
+            "--set",
+            f"cv.seed={seed}",
+        ]
         if k > 0:  # same folds as the first seed: only the training seeds (and inner split) change
             cmd += ["--folds", str(base / "folds.csv")]
         for setting in settings:

@@ -31,7 +31,8 @@ from face_encoding import count_macs
 from torch import nn
 
 from vafusion.features.extractors import LogMelExtractor, VGGishExtractor
-from vafusion.features.vggish import VGGish, log_mel_spectrogram
+from vafusion.features.logmel import log_mel_spectrogram
+from vafusion.models.vggish import VGGish
 
 FPS = 30.0
 HOPS = ((0.96, "0.96 s"), (0.48, "0.48 s"), (0.24, "0.24 s"), (1 / FPS, "1/fps (30 fps)"))
@@ -116,8 +117,8 @@ def speed(rounds: int) -> tuple[list[str], dict]:
 
 
 def hop_transform(audio: dict, hop: float):
-    """Sequence transform: the logmel stream as ``features.audio_hop = hop`` extraction computes it (the 0.96 s
-    patches on a grid every ``hop`` s, interpolated to the frames; 1/fps: one patch per frame)."""
+    """Sequence transform: the logmel stream as ``features.audio_hop = hop`` extraction computes it (the
+    0.96 s patches on a grid every ``hop`` s, interpolated to the frames; 1/fps: one patch per frame)."""
     extractor = LogMelExtractor(hop=0.0 if hop == 1 / FPS else hop)
 
     def transform(seq):
@@ -173,9 +174,9 @@ def ccc_vs_hop() -> tuple[list[str], dict]:
     ]
     pick = max(ok)[1]
     md = [
-        f"CCC vs hop on the held-out folds of `runs/demo`, scored by the demo's trained models (logmel stream = "
-        f"the weight-free band statistics; recomputing with the store's own hop, {stored_hop:g} s, reproduces "
-        f"the stored features to {check:.1e}; Δ vs 1/fps):",
+        "CCC vs hop on the held-out folds of `runs/demo`, scored by the demo's trained models "
+        "(logmel stream = the weight-free band statistics; recomputing with the store's own hop, "
+        f"{stored_hop:g} s, reproduces the stored features to {check:.1e}; Δ vs 1/fps):",
         "",
         table(["hop", "logmel P", "Δ logmel", "fusion P", "Δ fusion"], rows),
         "",

@@ -33,9 +33,10 @@ import torch
 from _common import DEMO, Section, load_text, machine, race, table
 from torch import nn
 
-from vafusion import accel
-from vafusion.accel import torch_threads
-from vafusion.features.iresnet import IResNet, iresnet, preprocess
+from vafusion.cpu import choose_precision, cpu_info, torch_threads
+from vafusion.features.face_encoder import _CHOSEN, FaceEncoder
+from vafusion.io.onnx import onnxruntime_available
+from vafusion.models.iresnet import IResNet, iresnet, preprocess
 
 BATCH = 32
 N_CALIB, N_TEST, N_NAIVE = 128, 32, 2
@@ -248,25 +249,25 @@ def run(
     rounds: int = 3, with_int8: bool = False, crops_dir: Path = DEMO / "data" / "cropped_aligned"
 ) -> Section:
     """Everything above; returns the RESULTS.md section."""
-    info = accel.cpu_info()
+    info = cpu_info()
     crops, source = demo_crops(N_CALIB + N_TEST + BATCH, folder=crops_dir)
     calib, test, timing = crops[:N_CALIB], crops[N_CALIB : N_CALIB + N_TEST], crops[N_CALIB + N_TEST :]
     net = reference_net(calib)
     macs = count_macs(net, torch.zeros(1, 3, 112, 112))
     gflop_face = 2 * macs / 1e9
-    native_bf16 = accel.choose_precision(info) == "bf16"
-    has_ort = accel.onnxruntime_available()
+    native_bf16 = choose_precision(info) == "bf16"
+    has_ort = onnxruntime_available()
 
-    accel._CHOSEN.clear()
+    _CHOSEN.clear()  # time the automatic choice afresh, as a new process makes it
     t0 = time.perf_counter()
-    auto = accel.FaceEncoder(net, BATCH, key=("bench", "iresnet50"))
+    auto = FaceEncoder(net, BATCH, key=("bench", "iresnet50"))
     choose_s = time.perf_counter() - t0
 
-    paths = {"torch fp32": accel.FaceEncoder(net, BATCH, "fp32", "torch")}
+    paths = {"torch fp32": FaceEncoder(net, BATCH, "fp32", "torch")}
     if has_ort:
-        paths["onnxruntime fp32"] = accel.FaceEncoder(net, BATCH, "fp32", "onnxruntime")
+        paths["onnxruntime fp32"] = FaceEncoder(net, BATCH, "fp32", "onnxruntime")
     if native_bf16:
-        paths["torch bf16"] = accel.FaceEncoder(net, BATCH, "bf16", "torch")
+        paths["torch bf16"] = FaceEncoder(net, BATCH, "bf16", "torch")
     naive = naive_encoder(net)
     n_naive = N_NAIVE
 
@@ -281,7 +282,7 @@ def run(
 
     emulated = None
     if not native_bf16:
-        slow = accel.FaceEncoder(net, 1, "bf16", "torch")
+        slow = FaceEncoder(net, 1, "bf16", "torch")
         t1 = time.perf_counter()
         slow(timing[:1])
         emulated = 1 / (time.perf_counter() - t1)

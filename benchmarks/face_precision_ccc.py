@@ -26,20 +26,26 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
-from _common import DEMO, REPO, Section, load_text, table
+from _common import DEMO, REPO, DemoEval, Section, load_text, table
+from face_encoding import demo_crops, reference_net
 
-from vafusion import accel
-from vafusion.accel import torch_threads
+from vafusion.config import load_config
+from vafusion.cpu import cpu_info, torch_threads
+from vafusion.data.affwild2 import crop_index
+from vafusion.features.face_encoder import FaceEncoder
+from vafusion.features.timing import anchor_rows, fill_between_anchors
+from vafusion.models.iresnet import preprocess
+from vafusion.train.cv import evaluate, inner_split
+from vafusion.train.fit import fit
 
 CARRY = REPO / "runs" / "bench_carry" / "crops"
 
 
 def pack(stride: int, out: Path) -> int:
     """Copy the demo crops a ``face_stride`` extraction would encode into ``out/<video>/<frame>.jpg``."""
-    from vafusion.data.affwild2 import crop_index
-
     n = 0
     for folder in sorted((DEMO / "data" / "cropped_aligned").iterdir()):
         index = crop_index(folder)
@@ -48,7 +54,7 @@ def pack(stride: int, out: Path) -> int:
         present = np.zeros(max(index), bool)
         present[np.asarray(sorted(index)) - 1] = True
         (out / folder.name).mkdir(parents=True, exist_ok=True)
-        for row in accel.anchor_rows(present, stride):
+        for row in anchor_rows(present, stride):
             shutil.copy2(index[int(row) + 1], out / folder.name / index[int(row) + 1].name)
             n += 1
     return n
@@ -56,18 +62,13 @@ def pack(stride: int, out: Path) -> int:
 
 def encode(crops_dir: Path, out: Path, batch: int = 64) -> dict:
     """Embeddings of every crop under ``crops_dir`` by the fp32 reference and by the automatic path."""
-    import cv2
-    from face_encoding import demo_crops, reference_net
-
-    from vafusion.features.iresnet import preprocess
-
     files = sorted(crops_dir.glob("*/*.jpg"))
     names = np.array([f"{f.parent.name}/{f.stem}" for f in files])
     crops = np.stack([cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files])
     calib, _ = demo_crops(128, folder=crops_dir)
     net = reference_net(calib)
-    fast = accel.FaceEncoder(net, batch, key=("precision-ccc",))
-    fp32 = accel.FaceEncoder(net, batch, "fp32", "torch")
+    fast = FaceEncoder(net, batch, key=("precision-ccc",))
+    fp32 = FaceEncoder(net, batch, "fp32", "torch")
     with torch.no_grad():
         plain = net(preprocess(crops[:batch])).numpy()
     t0 = time.perf_counter()
@@ -81,7 +82,7 @@ def encode(crops_dir: Path, out: Path, batch: int = 64) -> dict:
     np.savez(out / "embeddings_fast.npz", names=names, emb=emb)
     cos = (emb * ref).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
     info = {
-        "cpu": accel.cpu_info().summary(),
+        "cpu": cpu_info().summary(),
         "faces": len(files),
         "path": fast.path.reason,
         "precision": fast.path.precision,
@@ -117,18 +118,12 @@ def _features(
             if frame <= seq.length:
                 feats[frame - 1] = e
                 encoded[frame - 1] = True
-        out[name] = accel.fill_between_anchors(feats, encoded, present)
+        out[name] = fill_between_anchors(feats, encoded, present)
     return out
 
 
 def score(emb_dir: Path, fold: int = 0) -> Section:
     """Train and score the visual model on fold ``fold`` with fp32 and fast embeddings."""
-    from _common import DemoEval
-
-    from vafusion.config import load_config
-    from vafusion.train.cv import evaluate, inner_split
-    from vafusion.train.fit import fit
-
     ev = DemoEval()
     present = {n: s.valid["visual"] for n, s in ev.seqs.items()}
     sets = {k: _features(emb_dir / f"embeddings_{k}.npz", ev, present) for k in ("fp32", "fast")}
@@ -148,7 +143,7 @@ def score(emb_dir: Path, fold: int = 0) -> Section:
         tr, va = inner_split(seqs(kind, train_names), cfg.train.inner_val_fraction, cfg.cv.seed + fold)
         t0 = time.perf_counter()
         with torch_threads(1):
-            net, norm, facts = fit(tr, va, ["visual"], cfg, work / kind, seed=fold * 10 + 1)
+            net, norm, _ = fit(tr, va, "visual", cfg, work / kind, seed=fold * 10 + 1)
         nets[kind] = (net, norm, time.perf_counter() - t0)
     with torch_threads(1):
         for trained in ("fp32", "fast"):

@@ -5,8 +5,9 @@
 
 1. Encoding stride (``features.face_stride``): the demo's visual-stream rows encoded at stride 1 (the
    stored ones when the demo was extracted with ``face_stride=1``; else extracted once more at stride 1
-   into ``runs/bench_face_stride``) are kept only at the rows ``vafusion.accel.anchor_rows`` picks (every k-th face of each run of frames with a face, plus the run's
-   last) and the rest are filled by ``fill_between_anchors`` (linear interpolation), exactly what
+   into ``runs/bench_face_stride``) are kept only at the rows ``vafusion.features.timing.anchor_rows``
+   picks (every k-th face of each run of frames with a face, plus the run's last) and the rest are
+   filled by ``fill_between_anchors`` (linear interpolation), exactly what
    ``face_features`` does with ``face_stride=k``. The trained fold models then score their held-out folds
    (the report's CCC). The demo's visual stream is the landmark stand-in for IResNet (no weights offline).
 2. Detection stride (``FaceTrack(detect_every=k)``): frames/s of decode-free tracking on one demo video
@@ -22,7 +23,13 @@ from dataclasses import replace
 import numpy as np
 from _common import DEMO, DemoEval, Section, demo_ready, load_text, table
 
-from vafusion.accel import anchor_rows, fill_between_anchors
+from vafusion.config import load_config
+from vafusion.data.affwild2 import scan
+from vafusion.data.extract import extract
+from vafusion.face.track import FaceTrack
+from vafusion.features.store import feature_path, read_features
+from vafusion.features.timing import anchor_rows, fill_between_anchors
+from vafusion.io.video import iter_frames
 
 STRIDES = (1, 2, 3, 5)
 TOLERANCE = 0.002
@@ -30,11 +37,6 @@ TOLERANCE = 0.002
 
 def stride_one_rows(ev: DemoEval, role: str = "visual") -> tuple[dict[str, tuple], str]:
     """The face stream of every demo sequence encoded at stride 1, and where the rows came from."""
-    from vafusion.config import load_config
-    from vafusion.data.affwild2 import scan
-    from vafusion.features.extract import extract
-    from vafusion.features.store import feature_path, read_features
-
     name = ev.streams[role]
     first = read_features(feature_path(DEMO / "features", name, next(iter(ev.seqs))))
     store, source = DEMO / "features", f"the demo's stored `{name}` rows (extracted at stride 1)"
@@ -73,9 +75,6 @@ def encoded_fraction(ev: DemoEval, k: int) -> float:
 
 def tracking(frames_limit: int) -> tuple[list[list[object]], dict]:
     """FaceTrack speed and crop agreement per ``detect_every`` on the first demo video."""
-    from vafusion.io.face import FaceTrack
-    from vafusion.io.video import iter_frames
-
     video = sorted((DEMO / "data" / "videos").rglob("*.mp4"))[0]
     frames = []
     for fr in iter_frames(video):

@@ -1,6 +1,7 @@
-"""Stage-1 fine-tuning (``vafusion finetune-face``) end to end on a generated FER+-format corpus: speed and sanity.
+"""Stage-1 fine-tuning (``vafusion finetune-face``) end to end on a generated FER+ corpus: speed and sanity.
 
-    .venv/bin/python benchmarks/finetune_face_speed.py --out /tmp/ferbench --arch iresnet18 --train 64 --epochs 1
+    .venv/bin/python benchmarks/finetune_face_speed.py --out /tmp/ferbench --arch iresnet18 --train 64 \
+        --epochs 1
     python benchmarks/finetune_face_speed.py --out /tmp/ferbench --train 16000 --epochs 3 --batch 128 \
         --precision bf16-mixed --workers 8                                  # on a GPU
 
@@ -10,6 +11,7 @@ dropped), a randomly initialised arcface_torch ``backbone.pth`` (no MS1M weights
 the loop learns, not what FER+ gives), runs :func:`finetune_face`, reloads the result with
 ``load_iresnet`` (strict) and prints faces/s and the per-epoch history as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 
 from vafusion.data.ferplus import FER_CSV, FERPLUS_CSV, VOTE_COLUMNS
-from vafusion.features.iresnet import iresnet, preprocess
+from vafusion.models.iresnet import iresnet, preprocess
 from vafusion.train.finetune_face import FinetuneConfig, finetune_face
 from vafusion.weights import load_iresnet
 
@@ -70,7 +72,9 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=500, help="validation and test images each (default 500)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs (default 2)")
     ap.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="backbone learning rate (default 1e-3: random init)")
+    ap.add_argument(
+        "--lr", type=float, default=1e-3, help="backbone learning rate (default 1e-3: random init)"
+    )
     ap.add_argument("--labels", default="soft", choices=["majority", "soft"], help="FER+ label mode")
     ap.add_argument("--precision", default="32-true", help="Lightning precision (default 32-true)")
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers (default 0)")
@@ -86,25 +90,48 @@ def main() -> None:
     init.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     torch.save(iresnet(args.arch).state_dict(), init)
-    cfg = FinetuneConfig(arch=args.arch, labels=args.labels, epochs=args.epochs, batch=args.batch, lr=args.lr,
-                         workers=args.workers, precision=args.precision)
+    cfg = FinetuneConfig(
+        arch=args.arch,
+        labels=args.labels,
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        workers=args.workers,
+        precision=args.precision,
+    )
     out = args.out / f"fer_{args.arch}_{args.precision}.pth"
     t1 = time.perf_counter()
     summary = finetune_face(data, init, out, cfg, progress=not args.quiet)
     total = time.perf_counter() - t1
     net = load_iresnet(args.arch, out)
-    faces = np.stack([np.repeat(cv2.resize(synthetic_face(k, np.random.default_rng(k)), (112, 112))[:, :, None], 3, 2)
-                      for k in range(8)])
+    faces = np.stack(
+        [
+            np.repeat(cv2.resize(synthetic_face(k, np.random.default_rng(k)), (112, 112))[:, :, None], 3, 2)
+            for k in range(8)
+        ]
+    )
     with torch.inference_mode():
         emb = net(preprocess(faces))
     report = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__, "arch": args.arch, "precision": args.precision, "batch": args.batch,
-        "workers": args.workers, "corpus_seconds": round(t_data, 1), "counts": summary["counts"],
-        "train_seconds": summary["train_seconds"], "finetune_face_seconds": round(total, 1),
-        "train_faces_per_s_incl_val": round(summary["epochs"] * summary["train_faces"] / summary["train_seconds"], 1),
-        "history": summary["history"], "best_val_acc": summary["best_val_acc"], "test_acc": summary.get("test_acc"),
-        "reloaded_strict": True, "embedding_shape": list(emb.shape), "embedding_finite": bool(torch.isfinite(emb).all()),
+        "torch": torch.__version__,
+        "arch": args.arch,
+        "precision": args.precision,
+        "batch": args.batch,
+        "workers": args.workers,
+        "corpus_seconds": round(t_data, 1),
+        "counts": summary["counts"],
+        "train_seconds": summary["train_seconds"],
+        "finetune_face_seconds": round(total, 1),
+        "train_faces_per_s_incl_val": round(
+            summary["epochs"] * summary["train_faces"] / summary["train_seconds"], 1
+        ),
+        "history": summary["history"],
+        "best_val_acc": summary["best_val_acc"],
+        "test_acc": summary.get("test_acc"),
+        "reloaded_strict": True,
+        "embedding_shape": list(emb.shape),
+        "embedding_finite": bool(torch.isfinite(emb).all()),
     }
     print(json.dumps(report, indent=1))
 

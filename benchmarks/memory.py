@@ -1,6 +1,6 @@
 """Peak memory vs video length: audio features and decoding + face tracking on long synthetic clips.
 
-    .venv/bin/python benchmarks/memory.py                     # audio and video 1/10/60 min (4 min idle; make bench)
+    .venv/bin/python benchmarks/memory.py     # audio and video 1/10/60 min (4 min idle; make bench)
     .venv/bin/python benchmarks/memory.py --audio-minutes 1 10 --video-minutes 1 10   # 1 min idle
     .venv/bin/python benchmarks/memory.py --quick             # audio and video 1/5 min
 
@@ -78,7 +78,8 @@ def child_audio(path: str, minutes: float) -> dict:
 
 
 def _voice_block(seconds: float = 10.0) -> np.ndarray:
-    """Ten seconds of the synthetic corpus's speech-like voice at 44.1 kHz (mono float32), looped by the clip."""
+    """Ten seconds of the synthetic corpus's speech-like voice at 44.1 kHz (mono float32), looped by the
+    clip."""
     from vafusion.data.synth import synth_voice
 
     t = np.arange(int(round(seconds * FPS))) / FPS
@@ -115,7 +116,7 @@ def make_clip(path: Path, minutes: float) -> None:
 
 
 def child_video(path: str) -> dict:
-    from vafusion.io.face import FaceTrack
+    from vafusion.face.track import FaceTrack
     from vafusion.io.video import iter_frames
 
     track = FaceTrack(detect_every=5)
@@ -179,7 +180,9 @@ def run(
             return "n/a"
         a, b = ms[0], ms[-1]
         per_min = (part[b]["peak_mb"] - part[a]["peak_mb"]) / (b - a)
-        growth = ((part[b]["peak_mb"] - part[b]["before_mb"]) - (part[a]["peak_mb"] - part[a]["before_mb"])) / (b - a)
+        growth = (
+            (part[b]["peak_mb"] - part[b]["before_mb"]) - (part[a]["peak_mb"] - part[a]["before_mb"])
+        ) / (b - a)
         return f"peak {per_min:.2f} MB per minute, growth {growth:.2f} MB per minute ({a:g} → {b:g} min)"
 
     md = [

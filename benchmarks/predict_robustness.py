@@ -21,7 +21,8 @@ detector on every frame), which gives the CCC cost of the defaults' shortcuts.
 
     python benchmarks/predict_robustness.py [--run runs/demo] [--seed 0] [--raw]
     python benchmarks/predict_robustness.py --video-features /tmp/videofeat
-    vafusion cv --data runs/demo/data --features /tmp/videofeat --out /tmp/run_video --folds runs/demo/folds.csv
+    vafusion cv --data runs/demo/data --features /tmp/videofeat --out /tmp/run_video \\
+        --folds runs/demo/folds.csv
 
 ``--score-on FEATS`` scores the run's fusion and visual fold models on another feature store (each on its
 held-out fold, clipped), e.g. crop-trained models on video features and the other way round.
@@ -30,6 +31,7 @@ held-out fold, clipped), e.g. crop-trained models on video features and the othe
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -39,12 +41,14 @@ import pandas as pd
 import torch
 
 from vafusion.data.affwild2 import scan
-from vafusion.features.store import feature_path, read_features
-from vafusion.inference import sliding_predict
+from vafusion.data.sequence import Sequence, load_sequence
+from vafusion.features.store import build_manifest, feature_path, read_features, write_features
+from vafusion.inference.bundle import run_config
+from vafusion.inference.predictor import Predictor, smooth_series
+from vafusion.inference.submit import side_subject
 from vafusion.metrics import ccc
-from vafusion.predict import run_config, smooth_series
-from vafusion.train.data import Sequence, load_sequence
-from vafusion.weights import load_model
+from vafusion.models.windows import sliding_predict
+from vafusion.weights import load_checkpoint
 
 
 def fold_ccc(preds: list[np.ndarray], seqs: list[Sequence]) -> tuple[float, float]:
@@ -55,7 +59,8 @@ def fold_ccc(preds: list[np.ndarray], seqs: list[Sequence]) -> tuple[float, floa
 
 
 def masked(seq: Sequence, how: str, rng: np.random.Generator, fps: float) -> Sequence:
-    """A copy of ``seq`` with inputs removed: ``audio``, ``face20`` (random frames) or ``gaps20`` (1 s gaps)."""
+    """A copy of ``seq`` with inputs removed: ``audio``, ``face20`` (random frames) or ``gaps20`` (1 s
+    gaps)."""
     valid = {r: v.copy() for r, v in seq.valid.items()}
     n = seq.length
     if how == "audio":
@@ -113,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     rows = []
     for fold in sorted(folds["fold"].unique()):
-        net, norm, streams, _ = load_model(run / "models/fusion" / f"fold{fold}.pt")
+        ckpt = load_checkpoint(run / "models/fusion" / f"fold{fold}.pt")
+        net, norm, streams = ckpt.net, ckpt.normaliser, ckpt.streams
         names = folds.loc[folds["fold"] == fold, "name"].tolist()
         seqs = [load_sequence(by_name[n], feats, streams, list(net.names)) for n in names]
         fps = {
@@ -122,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         }
         for how in ("none", "audio", "face20", "gaps20"):
             test = [masked(s, how, rng, fps[s.name]) for s in seqs]
-            preds = [sliding_predict(net, norm.apply(s), cfg.cv.eval_window, cfg.cv.eval_hop) for s in test]
+            preds = [
+                sliding_predict(
+                    net, norm.apply(s.feats, s.valid), s.valid, cfg.cv.eval_window, cfg.cv.eval_hop
+                )
+                for s in test
+            ]
             v, a = fold_ccc(preds, seqs)
             rows.append({"fold": fold, "inputs": how, "valence": v, "arousal": a, "mean": (v + a) / 2})
     table = pd.DataFrame(rows)
@@ -166,11 +177,18 @@ def score_on(run: Path, by_name: dict, folds: pd.DataFrame, feats: Path, cfg) ->
     for model in ("fusion", "visual"):
         res = []
         for fold in sorted(folds["fold"].unique()):
-            net, norm, streams, _ = load_model(run / "models" / model / f"fold{fold}.pt")
+            ckpt = load_checkpoint(run / "models" / model / f"fold{fold}.pt")
+            net, norm, streams = ckpt.net, ckpt.normaliser, ckpt.streams
             names = folds.loc[folds["fold"] == fold, "name"]
             seqs = [load_sequence(by_name[n], feats, streams, list(net.names)) for n in names]
             preds = [
-                np.clip(sliding_predict(net, norm.apply(q), cfg.cv.eval_window, cfg.cv.eval_hop), -1, 1)
+                np.clip(
+                    sliding_predict(
+                        net, norm.apply(q.feats, q.valid), q.valid, cfg.cv.eval_window, cfg.cv.eval_hop
+                    ),
+                    -1,
+                    1,
+                )
                 for q in seqs
             ]
             res.append(fold_ccc(preds, seqs))
@@ -182,12 +200,6 @@ def score_on(run: Path, by_name: dict, folds: pd.DataFrame, feats: Path, cfg) ->
 
 def video_features(run: Path, by_name: dict, feats: Path, out: Path) -> None:
     """A copy of the feature store whose face rows come from ``Predictor.extract`` on the videos."""
-    import shutil
-
-    from vafusion.features.store import build_manifest, write_features
-    from vafusion.predict import Predictor
-    from vafusion.submit import side_subject
-
     predictor = Predictor.from_run(run, fold=0)
     face = predictor.streams["visual"]
     for name in {predictor.streams[r] for r in predictor.roles_with("audio")}:
@@ -213,18 +225,16 @@ RAW_SETTINGS = {
 def raw_video(run: Path, by_name: dict, folds: pd.DataFrame, feats: Path) -> None:
     """CCC of each fold model on its held-out videos through the raw-video path, with ``predict``'s default
     settings and with every face encoded and detected, against the stored (crop-based) features."""
-    from vafusion.predict import Predictor
-    from vafusion.submit import side_subject
-
     rows = []
-    seconds = {label: 0.0 for label in RAW_SETTINGS}
+    seconds = dict.fromkeys(RAW_SETTINGS, 0.0)
     frames = 0
     for fold in sorted(folds["fold"].unique()):
         names = folds.loc[folds["fold"] == fold, "name"].tolist()
         row: dict = {"fold": fold}
         for label, (overrides, detect_every) in RAW_SETTINGS.items():
-            predictor = Predictor.from_run(run, fold=int(fold), feature_overrides=overrides,
-                                           detect_every=detect_every)
+            predictor = Predictor.from_run(
+                run, fold=int(fold), feature_overrides=overrides, detect_every=detect_every
+            )
             seqs, raw, stored, face = [], [], [], []
             t0 = time.perf_counter()
             for name in names:
@@ -236,8 +246,8 @@ def raw_video(run: Path, by_name: dict, folds: pd.DataFrame, feats: Path) -> Non
                 v = {r: np.zeros(n, bool) for r in vf.valid}
                 for r, part in f.items():
                     part[:m], v[r][:m] = vf.feats[r][:m], vf.valid[r][:m]
-                raw.append(predictor.predict_features(f, v, vf.times[:m] if m == n else None))
-                stored.append(predictor.predict_features(seq.feats, seq.valid))
+                raw.append(predictor.predict_arrays(f, v, vf.times[:m] if m == n else None))
+                stored.append(predictor.predict_arrays(seq.feats, seq.valid))
                 face.append(vf.face.mean())
                 seqs.append(seq)
                 frames += vf.length if label == "defaults" else 0
@@ -251,7 +261,8 @@ def raw_video(run: Path, by_name: dict, folds: pd.DataFrame, feats: Path) -> Non
     labels = list(RAW_SETTINGS)
     table["Δ defaults"] = table[f"P {labels[0]}"] - table[f"P {labels[1]}"]
     print(
-        f"\nraw-video path ({frames} frames per variant; " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+        f"\nraw-video path ({frames} frames per variant; "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
         + ") vs corpus crops, each fold's model on its held-out videos (clipped, no smoothing):"
     )
     print(table.round(4).to_string(index=False))

@@ -35,8 +35,19 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
+import torch
+import yaml
 from _common import DEMO, Section, demo_ready, load_text, table
+from face_encoding import demo_crops, reference_net
+
+from vafusion.config import load_config, to_dict
+from vafusion.inference.predictor import Predictor
+from vafusion.models.checkpoint import Checkpoint
+from vafusion.models.fusion import BranchSpec, FusionNet
+from vafusion.models.normaliser import Normaliser
+from vafusion.weights import load_checkpoint, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEO = REPO.parent / "shared" / "testdata" / "videos" / "s32.mp4"
@@ -76,26 +87,24 @@ def looped(src: Path, loops: int, dst: Path) -> Path:
     return dst
 
 
-def measure(run: Path, video: Path, threads: int, repeats: int, strides: tuple[int | None, ...] = (None,)) -> dict:
+def measure(
+    run: Path, video: Path, threads: int, repeats: int, strides: tuple[int | None, ...] = (None,)
+) -> dict:
     """Load one predictor per face stride (``None``: the run's own), predict ``video`` ``repeats`` times with
     each in interleaved order; timings of each pass and of the loads."""
-    import torch
-
     torch.set_num_threads(threads)
-    import cv2
-
     cv2.setNumThreads(threads)
-    from vafusion.predict import Predictor
-
     predictors, loads = {}, {}
     for k in strides:
         t0 = time.perf_counter()
-        predictors[k] = Predictor.from_run(run, feature_overrides=[] if k is None else [f"features.face_stride={k}"])
+        predictors[k] = Predictor.from_run(
+            run, feature_overrides=[] if k is None else [f"features.face_stride={k}"]
+        )
         loads[k] = time.perf_counter() - t0
     passes: dict = {k: [] for k in strides}
     for _ in range(repeats):
         for k, predictor in predictors.items():
-            res = predictor.run(video)
+            res = predictor.predict_file(video)
             vf = res.features
             passes[k].append(
                 {
@@ -103,13 +112,13 @@ def measure(run: Path, video: Path, threads: int, repeats: int, strides: tuple[i
                     "frames": vf.length,
                     "media_s": float(vf.times[-1]) + 1.0 / vf.fps if vf.length else 0.0,
                     "face": float(res.table["face"].mean()),
-                    "face_stride": int(predictor.config.features.face_stride),
+                    "face_stride": int(predictor.features_config.face_stride),
                 }
             )
     first = predictors[strides[0]]
     return {
         "load_s": loads[strides[0]],
-        "folds": len(first.models),
+        "folds": len(first.bundle.folds),
         "streams": first.streams,
         "passes": passes[strides[0]],
         "by_stride": {str(k): passes[k] for k in strides},
@@ -119,35 +128,41 @@ def measure(run: Path, video: Path, threads: int, repeats: int, strides: tuple[i
 
 def iresnet_run(demo: Path, dst: Path, seed: int = 0) -> Path:
     """A timing run with the paper's visual front end (see the module docstring); returns ``dst``."""
-    import torch
-    import yaml
-    from face_encoding import demo_crops, reference_net
-
-    from vafusion.config import load_config
-    from vafusion.models.fusion import BranchSpec, FusionNet
-    from vafusion.train.data import Normaliser
-    from vafusion.train.fit import save_model
-    from vafusion.weights import load_model
-
     dst.mkdir(parents=True, exist_ok=True)
     crops, _ = demo_crops(64, seed)
     weights = dst / "iresnet50_fixed_seed.pth"
     torch.save(reference_net(crops, "iresnet50", seed).state_dict(), weights)
     raw = yaml.safe_load((demo / "config.yaml").read_text())
-    raw.setdefault("features", {}).update(visual="iresnet", iresnet_arch="iresnet50", iresnet_weights=str(weights))
+    raw.setdefault("features", {}).update(
+        visual="iresnet", iresnet_arch="iresnet50", iresnet_weights=str(weights)
+    )
     (dst / "config.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(dst / "config.yaml")
     for path in sorted((demo / "models" / "fusion").glob("fold*.pt")):
-        old, norm, streams, payload = load_model(path)
-        fc = old.cfg
-        fc.branches = [BranchSpec(b.name, 512 if b.name == "visual" else b.dim) for b in fc.branches]
+        old = load_checkpoint(path)
+        norm = old.normaliser
+        specs = [BranchSpec(b.name, 512 if b.name == "visual" else b.dim) for b in old.net.specs]
         torch.manual_seed(seed)
-        net = FusionNet(fc).eval()
+        net = FusionNet(old.net.cfg, specs).eval()
         mean = {**norm.mean, "visual": np.zeros(512, np.float32)}
         std = {**norm.std, "visual": np.ones(512, np.float32)}
         out = dst / "models" / "fusion" / path.name
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_model(out, net, Normaliser(mean, std), {**streams, "visual": "iresnet"}, cfg, payload.get("extra", {}))
+        # the visual stream's training features were the landmarks, not these: recorded for the audio only
+        features = {r: f for r, f in old.features.items() if r != "visual"}
+        ckpt = Checkpoint(
+            net,
+            Normaliser(mean, std),
+            {**old.streams, "visual": "iresnet"},
+            model=old.model,
+            fps=old.fps,
+            window=old.window,
+            hop=old.hop,
+            features=features,
+            config=to_dict(cfg),
+            extra=old.extra,
+        )
+        save_checkpoint(out, ckpt)
     return dst
 
 
@@ -159,7 +174,8 @@ def stage_row(label: str, p: dict) -> list[str]:
 
 
 def run(rounds: int = 2) -> Section:
-    """``make bench`` section: RTF of the demo run and of the IResNet-50 timing run at face strides 1 and 2."""
+    """``make bench`` section: RTF of the demo run and of the IResNet-50 timing run at face strides 1
+    and 2."""
     why = demo_ready()
     if why:
         return Section("predict: real-time factor", f"Skipped: {why}.")
@@ -174,18 +190,19 @@ def run(rounds: int = 2) -> Section:
         for label, (run_dir, strides) in cases.items():
             r = measure(run_dir, DEFAULT_VIDEO, 2, rounds, strides)
             data[label] = r
-            for k, passes in r["by_stride"].items():
+            for passes in r["by_stride"].values():
                 best = min(passes, key=lambda p: p["timings"]["total"])
                 stride = best["face_stride"]
                 rows.append(stage_row(f"{label}, face_stride {stride}", best))
     md = [
-        f"`vafusion predict` on `{DEFAULT_VIDEO.name}` (1280x720, 30 fps, 6 s, AAC), the demo's six fold models "
-        f"averaged, 2 threads; best of {rounds} interleaved passes, seconds per stage ({load_text()} when done):",
+        f"`vafusion predict` on `{DEFAULT_VIDEO.name}` (1280x720, 30 fps, 6 s, AAC), the demo's six fold "
+        f"models averaged, 2 threads; best of {rounds} interleaved passes, seconds per stage "
+        f"({load_text()} when done):",
         "",
         table(["model", *GROUPS, "total s", "RTF", "frames/s"], rows),
         "",
         "RTF = processing seconds / media seconds (below 1 = faster than real time). The CCC cost of a face "
-        "stride is in \"Doing less: face stride\".",
+        'stride is in "Doing less: face stride".',
     ]
     return Section("predict: real-time factor", "\n".join(md), data)
 
@@ -198,7 +215,8 @@ def report(result: dict, video: Path) -> None:
     for k, p in enumerate(result["passes"], 1):
         t, n, media = p["timings"], p["frames"], p["media_s"]
         print(
-            f"\npass {k}: {video.name}, {n} frames, {media:.2f} s of media, face found in {100 * p['face']:.0f} %"
+            f"\npass {k}: {video.name}, {n} frames, {media:.2f} s of media, "
+            f"face found in {100 * p['face']:.0f} %"
         )
         print(f"{'stage':8s} {'seconds':>8s} {'ms/frame':>9s} {'share':>6s}   parts")
         for g, keys in GROUPS.items():
@@ -222,10 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch/OpenCV threads (default 2)")
     ap.add_argument("--repeats", type=int, default=2, help="prediction passes (the first includes warm-up)")
     ap.add_argument("--memory", action="store_true", help="peak memory of the clip vs a 4x longer one")
-    ap.add_argument("--iresnet", action="store_true",
-                    help="time a run with IResNet-50 faces built from --run (see above) instead of --run itself")
-    ap.add_argument("--strides", default="",
-                    help="comma list of features.face_stride values to time side by side (default: the run's)")
+    ap.add_argument(
+        "--iresnet",
+        action="store_true",
+        help="time a run with IResNet-50 faces built from --run (see above) instead of --run itself",
+    )
+    ap.add_argument(
+        "--strides",
+        default="",
+        help="comma list of features.face_stride values to time side by side (default: the run's)",
+    )
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     strides = tuple(int(x) for x in args.strides.split(",") if x.strip()) or (None,)
@@ -237,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(measure(args.run, video, args.threads, args.repeats, strides)))
             return 0
         result = measure(args.run, video, args.threads, args.repeats, strides)
-        for k, passes in result["by_stride"].items():
+        for passes in result["by_stride"].values():
             if len(strides) > 1:
                 print(f"\n=== features.face_stride {passes[0]['face_stride']} ===")
             report({**result, "passes": passes}, video)
@@ -265,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 p = r["passes"][0]
                 print(
-                    f"memory: {p['frames']:5d} frames ({p['media_s']:.0f} s): peak RSS {r['peak_rss_mb']:.0f} MB"
+                    f"memory: {p['frames']:5d} frames ({p['media_s']:.0f} s): "
+                    f"peak RSS {r['peak_rss_mb']:.0f} MB"
                 )
     return 0
 

@@ -77,7 +77,7 @@ def main() -> int:
         print(f"[bench] {name} ... ({load_text()})", file=sys.stderr, flush=True)
         try:
             sec = timed(lambda name=name: section(name, args))
-        except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
+        except Exception:  # one broken benchmark must not hide the others' figures
             failed.append(name)
             sec = Section(name, "Failed:\n\n```\n" + traceback.format_exc(limit=4) + "```")
         print(f"[bench] {name} done in {sec.seconds:.0f} s", file=sys.stderr, flush=True)

@@ -3,15 +3,17 @@
     .venv/bin/python benchmarks/training.py          # throughput; demo time quoted from runs/demo/report.md
     .venv/bin/python benchmarks/training.py --demo      # also time a fresh `vafusion demo` (about 3 min idle)
 
-Training: the default fusion network (``net_config`` of the default ``Config``) on the demo's
-normalised sequences in 300-frame windows, batch 8, one AdamW step per batch of ``1 - CCC``, the loss the
-Lightning task uses; 1 and 2 torch threads side by side. Evaluation: ``sliding_predict`` over the same
-sequences. The demo's wall time is measured by ``vafusion demo`` itself and written to its report.
+Training: the default fusion network (``create_model("fusion")`` with the default ``Config``'s ``model``
+settings) on the demo's normalised sequences in 300-frame windows, batch 8, one AdamW step per batch of
+``1 - CCC``, the loss the Lightning task uses; 1 and 2 torch threads side by side. Evaluation:
+``sliding_predict`` over the same sequences. The demo's wall time is measured by ``vafusion demo`` itself
+and written to its report.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import subprocess
 import sys
@@ -21,27 +23,28 @@ from pathlib import Path
 import torch
 from _common import DEMO, REPO, DemoEval, Section, demo_ready, load_text, race, table
 
-from vafusion.accel import torch_threads
+from vafusion.config import load_config
+from vafusion.cpu import torch_threads
+from vafusion.data.sequence import WindowDataset
+from vafusion.metrics import ccc_loss
+from vafusion.models.normaliser import Normaliser
+from vafusion.models.registry import create_model
+from vafusion.models.windows import sliding_predict
 
 STEPS = 2
 
 
 def _setup():
     """Network, optimiser, a fixed list of training batches and the normalised sequences."""
-    from vafusion.config import load_config
-    from vafusion.models.fusion import FusionNet
-    from vafusion.train.data import Normaliser, WindowDataset
-    from vafusion.train.fit import net_config
-
     ev = DemoEval()
     roles = ["visual", "vggish", "logmel"]
     cfg = load_config()
     seqs = list(ev.seqs.values())
     norm = Normaliser.fit(seqs)
-    normed = [norm.apply(s) for s in seqs]
+    normed = [s.normalised(norm) for s in seqs]
     dims = {r: normed[0].feats[r].shape[1] for r in roles}
     torch.manual_seed(0)
-    net = FusionNet(net_config(cfg, roles, dims))
+    net = create_model("fusion", dims=dims, **dataclasses.asdict(cfg.model))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     ds = WindowDataset(normed, cfg.train.window, cfg.train.hop, train=True, seed=0)
     b = cfg.train.batch_size
@@ -61,9 +64,6 @@ def _setup():
 
 def throughput(rounds: int) -> tuple[list[str], dict]:
     """Training and evaluation frames/s with 1 and 2 torch threads."""
-    from vafusion.inference import sliding_predict
-    from vafusion.metrics import ccc_loss
-
     net, opt, batches, normed, cfg = _setup()
     frames_train = sum(int(b["labels"].shape[0] * b["labels"].shape[1]) for b in batches)
     frames_eval = sum(s.length for s in normed)
@@ -80,7 +80,7 @@ def throughput(rounds: int) -> tuple[list[str], dict]:
     def evaluate(threads: int) -> None:
         with torch_threads(threads):
             for s in normed:
-                sliding_predict(net, s, cfg.cv.eval_window, cfg.cv.eval_hop)
+                sliding_predict(net, s.feats, s.valid, cfg.cv.eval_window, cfg.cv.eval_hop)
 
     cands = {
         "train, 1 thread": (lambda: train(1), frames_train),
