@@ -21,31 +21,50 @@ from omegaconf.errors import OmegaConfBaseException
 from vafusion.errors import VafusionError
 from vafusion.features.extractors import FeaturesConfig
 from vafusion.models.fusion import FusionConfig
+from vafusion.models.registry import model_names
+from vafusion.schema import (
+    AT_LEAST_0,
+    AT_LEAST_1,
+    DROPOUT,
+    FRACTION,
+    INTEGER,
+    NON_NEGATIVE,
+    POSITIVE,
+    Rule,
+    check,
+    one_of,
+    optional,
+    setting,
+)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation (paper: silent; values follow the strongest open ABAW VA code, see docs/model.md)."""
 
-    window: int = 300
-    hop: int = 200
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    max_epochs: int = 30
-    patience: int = 5
-    plateau_patience: int = 2
-    plateau_factor: float = 0.5
-    inner_val_fraction: float = 0.15
-    branch_dropout: float = 0.1
-    frame_dropout: float = 0.05
-    num_workers: int = 0
+    window: int = setting(300, AT_LEAST_1)
+    hop: int = setting(200, AT_LEAST_1)
+    batch_size: int = setting(8, AT_LEAST_1)
+    lr: float = setting(1e-3, POSITIVE)
+    weight_decay: float = setting(1e-4, NON_NEGATIVE)
+    max_epochs: int = setting(30, AT_LEAST_1)
+    patience: int = setting(5, AT_LEAST_0)
+    plateau_patience: int = setting(2, AT_LEAST_0)
+    plateau_factor: float = setting(0.5, FRACTION)
+    inner_val_fraction: float = setting(0.15, FRACTION)
+    branch_dropout: float = setting(0.1, DROPOUT)
+    frame_dropout: float = setting(0.05, DROPOUT)
+    num_workers: int = setting(0, AT_LEAST_0)
     accelerator: str = "auto"
     devices: Any = 1
-    num_nodes: int = 1
+    num_nodes: int = setting(1, AT_LEAST_1)
     strategy: str = "auto"
     precision: str = "32-true"
-    threads: int = 1
+    threads: int = setting(1, AT_LEAST_0)
+
+    def relations(self) -> list[tuple[str, bool, str]]:
+        """Windows overlap or touch: the hop is at most the window."""
+        return [("hop", self.hop <= self.window, f"an integer 1 <= hop <= train.window ({self.window})")]
 
 
 @dataclass
@@ -58,31 +77,55 @@ class FusionStageConfig:
     set here.
     """
 
-    init: str = "branches"
-    lr_scale: float = 0.5
-    max_epochs: int | None = None
-    patience: int | None = None
+    init: str = setting("branches", one_of("branches", "scratch"))
+    lr_scale: float = setting(0.5, POSITIVE)
+    max_epochs: int | None = setting(None, optional(AT_LEAST_1))
+    patience: int | None = setting(None, optional(AT_LEAST_0))
+
+
+TRAINABLE = Rule(
+    f"a non-empty list of {', '.join(model_names(trainable=True))}",
+    lambda v: len(v) > 0 and all(m in model_names(trainable=True) for m in v),
+)
 
 
 @dataclass
 class CVConfig:
     """Cross-validation: the paper's six folds and which models to run."""
 
-    seed: int = 0
-    n_train_folds: int = 5
-    models: list[str] = field(default_factory=lambda: ["fusion", "visual", "vggish", "logmel"])
-    folds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
-    eval_window: int = 300
-    eval_hop: int = 150
+    seed: int = setting(0, INTEGER)
+    n_train_folds: int = setting(5, AT_LEAST_1)
+    models: list[str] = setting(["fusion", "visual", "vggish", "logmel"], TRAINABLE)
+    folds: list[int] = setting(
+        [0, 1, 2, 3, 4, 5], Rule("a non-empty list of fold numbers", lambda v: len(v) > 0)
+    )
+    eval_window: int = setting(300, AT_LEAST_1)
+    eval_hop: int = setting(150, AT_LEAST_1)
+
+    def relations(self) -> list[tuple[str, bool, str]]:
+        """Evaluation windows overlap or touch; folds exist (0 = validation, 1..n_train_folds)."""
+        last = self.n_train_folds
+        return [
+            (
+                "eval_hop",
+                self.eval_hop <= self.eval_window,
+                f"an integer 1 <= eval_hop <= cv.eval_window ({self.eval_window})",
+            ),
+            (
+                "folds",
+                all(isinstance(f, int) and 0 <= f <= last for f in self.folds),
+                f"fold numbers 0..{last} (0 = Validation_Set, 1..cv.n_train_folds = Train_Set parts)",
+            ),
+        ]
 
 
 @dataclass
 class SynthConfig:
     """Built-in corpus size for ``vafusion demo``."""
 
-    videos: int = 24
-    seconds: float = 15.0
-    seed: int = 0
+    videos: int = setting(24, AT_LEAST_1)
+    seconds: float = setting(15.0, POSITIVE)
+    seed: int = setting(0, INTEGER)
 
 
 @dataclass
@@ -138,7 +181,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             f"invalid configuration: {str(exc).splitlines()[0]}",
             "check the key names and types against `vafusion config --show`",
         ) from None
-    return OmegaConf.to_object(base)
+    cfg = OmegaConf.to_object(base)
+    check(cfg)
+    return cfg
 
 
 def to_yaml(cfg: Config) -> str:

@@ -40,3 +40,10 @@ class MediaError(VafusionError):
 
 class AnnotationError(VafusionError):
     """An annotation file breaks the Aff-Wild2 format."""
+
+
+class OutputError(VafusionError):
+    """A destination that cannot be written: not a folder, read-only, no permission, or a full disk.
+
+    Unlike an error in one input, it stops the whole command: every later write would fail the same way.
+    """

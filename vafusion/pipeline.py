@@ -20,6 +20,7 @@ from vafusion.data.synth import make_corpus
 from vafusion.errors import VafusionError
 from vafusion.evaluation.report import write_report, write_results
 from vafusion.features.extractors import resolve_streams
+from vafusion.io.atomic import prepare_dir
 from vafusion.train.cv import MODELS, CrossValidation
 
 
@@ -84,6 +85,7 @@ def run_cv(
     Folds come from ``folds_file``, else an earlier ``OUT/folds.csv`` (so a rerun keeps its split), else
     they are assigned from the corpus (:func:`vafusion.data.folds.assign_folds`).
     """
+    prepare_dir(out, "--out")
     corpus = scan(data)
     chosen = parse_models(models, cfg)
     streams, notes = resolve_streams(cfg.features)
@@ -125,6 +127,7 @@ def run_demo(
 
     ``say`` gets the progress lines, ``complain`` the lines about videos that failed.
     """
+    prepare_dir(out, "--out")
     data, feats = out / "data", out / "features"
     timings = {}
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ def test_other_front_end_settings_than_in_training_are_said(tiny) -> None:
     with pytest.warns(FeaturesWarning, match="stream logmel .*hop_s differs from the training features"):
         predictor = Predictor.from_run(tiny / "run", feature_overrides=["features.audio_hop=0.24"])
     assert any("hop_s" in n for n in predictor.notes)
-    assert not Predictor.from_run(tiny / "run").notes
+    assert not [n for n in Predictor.from_run(tiny / "run").notes if "differ" in n]
 
 
 def test_the_tiny_untrained_model_runs_the_whole_pipeline(tmp_path, capsys) -> None:

@@ -1,7 +1,7 @@
 """The ``vafusion`` command: parses flags, calls the library, prints. No logic of its own.
 
 Commands live by stage: :mod:`.data` (synth, extract, merge-features), :mod:`.train` (demo, cv, config,
-finetune-face) and :mod:`.infer` (predict, submit, export); the flags they share are in :mod:`.common`.
+finetune-face), :mod:`.infer` (predict, submit) and :mod:`.export`; shared flags are in :mod:`.common`.
 Bad input (``VafusionError``) prints one line on stderr and exits with code 2; ``--verbose`` adds the
 traceback. Every command accepts ``--config NAME|FILE`` and ``--set key=value`` for experiment settings.
 """
@@ -9,10 +9,12 @@ traceback. Every command accepts ``--config NAME|FILE`` and ``--set key=value`` 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
 
-from vafusion.cli import data, infer, train
+from vafusion.cli import data, export, infer, train
+from vafusion.cli.common import Parser
 from vafusion.errors import VafusionError
 
 EPILOG = "Configuration keys: `vafusion config --show` prints every key with its default."
@@ -20,7 +22,7 @@ EPILOG = "Configuration keys: `vafusion config --show` prints every key with its
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``vafusion`` argument parser (exposed for docs and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vafusion",
         description="Per-frame valence/arousal from video: face + voice fusion (multi-scale TCNs, "
         "cross-modal attention), Aff-Wild2 / ABAW VA protocol.",
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parsers(sub)
     data.add_parsers(sub)
     infer.add_parsers(sub)
+    export.add_parsers(sub)
     return parser
 
 
@@ -44,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "verbose", False):
             traceback.print_exc()
         print(f"vafusion: error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write outside vafusion's own (a library's log file) on a full or locked disk
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        fix = "free space or write elsewhere (finished files are kept)"
+        print(f"vafusion: error: {exc.strerror}{where}; {fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = " with --resume" if getattr(args, "resume", None) is False else ""

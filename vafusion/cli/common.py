@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from vafusion.config import Config, load_config
 from vafusion.errors import VafusionError
@@ -105,19 +107,40 @@ def int_list(text: str | None, flag: str) -> list[int] | None:
         ) from None
 
 
-def positive(kind: type) -> type:
-    """An argparse type: a number of ``kind`` greater than 0."""
+def number(kind: type, minimum: float, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` at least (``strict``: above) ``minimum``."""
+    bound = f"> {minimum}" if strict else f">= {minimum}"
 
-    def parse(text: str):
+    def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
+        if not (value > minimum if strict else value >= minimum) or value != value:
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 
-    return parse  # type: ignore[return-value]
+    return parse
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` greater than 0."""
+    return number(kind, 0, strict=True)
+
+
+def non_negative(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` of at least 0."""
+    return number(kind, 0)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, like every other vafusion error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``vafusion COMMAND: error: MESSAGE; see --help`` and exit with code 2."""
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
 def models_help() -> str:

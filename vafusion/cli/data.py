@@ -7,17 +7,19 @@ import sys
 import time
 from pathlib import Path
 
-from vafusion.cli.common import add_common, add_output, add_weights, config_from
+from vafusion.cli.common import add_common, add_output, add_weights, config_from, positive
 from vafusion.data.affwild2 import scan
 from vafusion.data.shards import merge_shards
 from vafusion.data.synth import make_corpus
 from vafusion.errors import VafusionError
 from vafusion.features.extractors import AUDIO_EXTRACTORS, FACE_EXTRACTORS
+from vafusion.io.atomic import prepare_dir
 from vafusion.pipeline import extract_lines, extractor_names, run_extract
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Write the synthetic corpus."""
+    prepare_dir(args.out, "OUT")
     t0 = time.perf_counter()
     manifest = make_corpus(
         Path(args.out), videos=args.videos, seconds=args.seconds, seed=args.seed, progress=not args.quiet
@@ -89,8 +91,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
         "<name>.txt. Ground-truth VA drives both the face and the voice.",
     )
     p.add_argument("out", type=Path, help="output folder (created)")
-    p.add_argument("--videos", type=int, default=24, help="number of videos (default 24)")
-    p.add_argument("--seconds", type=float, default=15.0, help="seconds per video (default 15)")
+    p.add_argument("--videos", type=positive(int), default=24, help="number of videos (default 24)")
+    p.add_argument("--seconds", type=positive(float), default=15.0, help="seconds per video (default 15)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same corpus (default 0)")
     add_output(p)
     p.set_defaults(func=cmd_synth)
@@ -150,13 +152,15 @@ def _add_merge_features(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--shards",
-        type=int,
+        type=positive(int),
         default=None,
         metavar="N",
         help="N of the --shard I/N runs, used to name which shard to rerun (default: read from the "
         "manifest parts the shards left)",
     )
-    p.add_argument("--show", type=int, default=20, metavar="K", help="print at most K problems (default 20)")
+    p.add_argument(
+        "--show", type=positive(int), default=20, metavar="K", help="print at most K problems (default 20)"
+    )
     add_weights(p)
     add_common(p)
     p.set_defaults(func=cmd_merge_features)

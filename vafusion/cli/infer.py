@@ -1,5 +1,4 @@
-"""Inference commands: ``predict`` (any video -> per-frame VA files), ``submit`` (ABAW test submission) and
-``export`` (ONNX)."""
+"""Inference commands: ``predict`` (any video -> per-frame VA files) and ``submit`` (ABAW test submission)."""
 
 from __future__ import annotations
 
@@ -9,13 +8,13 @@ import time
 import warnings
 from pathlib import Path
 
-from vafusion.cli.common import add_output, add_weights, int_list, models_help
-from vafusion.errors import VafusionError
-from vafusion.inference.export import export_run
+from vafusion.cli.common import add_output, models_help, non_negative, positive
+from vafusion.errors import OutputError, VafusionError
 from vafusion.inference.hooks import ProgressHook
 from vafusion.inference.predictor import PredictionWarning, Predictor
 from vafusion.inference.submit import check_submission, frame_counts, read_video_list, write_submission
-from vafusion.inference.writers import write_outputs
+from vafusion.inference.writers import output_files, output_names, write_outputs
+from vafusion.io.atomic import prepare_dir, prepare_file
 from vafusion.models.registry import model_names
 
 
@@ -31,6 +30,7 @@ def _subject(text: str):
 def add_model_options(p: argparse.ArgumentParser, required: bool) -> None:
     """The run, model and face-tracking flags of ``predict`` and ``submit``."""
     _add_model_group(p, required)
+    _add_audio_option(p)
     _add_face_group(p)
     add_output(p)
 
@@ -55,7 +55,7 @@ def _add_model_group(p: argparse.ArgumentParser, required: bool) -> None:
     )
     g.add_argument(
         "--fold",
-        type=int,
+        type=non_negative(int),
         default=None,
         metavar="K",
         help="use only the model of fold K (default: average the predictions of every fold model)",
@@ -70,7 +70,7 @@ def _add_model_group(p: argparse.ArgumentParser, required: bool) -> None:
     )
     g.add_argument(
         "--smooth",
-        type=float,
+        type=non_negative(float),
         default=0.0,
         metavar="SECONDS",
         help="Gaussian smoothing of the output over time, standard deviation in seconds (default 0: off; "
@@ -87,11 +87,22 @@ def _add_model_group(p: argparse.ArgumentParser, required: bool) -> None:
     )
 
 
+def _add_audio_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--audio-stream",
+        type=non_negative(int),
+        default=0,
+        metavar="N",
+        help="which audio stream of a file to use when it has several, counted from 0 (default 0; predict "
+        "says which streams a file has)",
+    )
+
+
 def _add_face_group(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("face detection and tracking (dlib)")
     f.add_argument(
         "--detect-every",
-        type=int,
+        type=positive(int),
         default=5,
         metavar="K",
         help="run the face detector every K-th frame and track the face in between "
@@ -114,7 +125,7 @@ def _add_face_group(p: argparse.ArgumentParser) -> None:
     )
     f.add_argument(
         "--detect-size",
-        type=int,
+        type=positive(int),
         default=640,
         metavar="PX",
         help="the detector sees frames shrunk to this longer side (default 640); raise it for small faces",
@@ -148,18 +159,38 @@ def _load(args: argparse.Namespace) -> Predictor:
         detector=args.detector,
         detect_size=args.detect_size,
         hook=None if args.quiet else ProgressHook(),
+        audio_stream=args.audio_stream,
     )
 
 
-def _predict_one(predictor: Predictor, video: Path, args: argparse.Namespace) -> None:
+def _plan(args: argparse.Namespace) -> dict[Path, dict[str, Path]]:
+    """Each video's output files; checked before any work: the destination takes files, no two inputs write
+    the same file, and no earlier result is replaced without ``--overwrite``."""
+    prepare_dir(args.out, "--out")
+    names = output_names(list(args.videos))
+    plan = {v: output_files(names[v], args.out, args.overlay, not args.no_plot) for v in args.videos}
+    renamed = [f"{v} -> {names[v]}" for v in args.videos if names[v] != Path(v).stem]
+    if renamed:
+        print(f"note: inputs share a file name, so their outputs keep their folders: {'; '.join(renamed)}")
+    existing = [f for files in plan.values() for f in files.values() if f.exists()]
+    if existing and not args.overwrite:
+        more = f" and {len(existing) - 1} more output files" if len(existing) > 1 else ""
+        them = "them" if len(existing) > 1 else "it"
+        raise OutputError(
+            existing[0],
+            f"exists (from an earlier run){more}",
+            f"pass --overwrite to replace {them}, or choose another --out",
+        )
+    return plan
+
+
+def _predict_one(predictor: Predictor, video: Path, files: dict[str, Path], args: argparse.Namespace) -> None:
     """Predict one video, write its files and print one line; the prediction's warnings go to stderr."""
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PredictionWarning)  # printed below, once each
         prediction = predictor.predict_file(video)
-        files = write_outputs(
-            prediction, args.out, overlay=args.overlay, plot=not args.no_plot, progress=not args.quiet
-        )
+        write_outputs(prediction, files, progress=not args.quiet)
     for message in prediction.warnings:
         print(f"vafusion: warning: {message}", file=sys.stderr)
     table, vf = prediction.table, prediction.features
@@ -175,6 +206,7 @@ def _predict_one(predictor: Predictor, video: Path, args: argparse.Namespace) ->
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict every video; a video that fails is reported and the others go on (exit 2 if any failed)."""
+    plan = _plan(args)
     predictor = _predictor(args)
     if not args.quiet:
         folds = ", ".join(str(m.fold) for m in predictor.bundle.folds)
@@ -185,7 +217,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     failed: list[str] = []
     for video in args.videos:
         try:
-            _predict_one(predictor, video, args)
+            _predict_one(predictor, video, plan[video], args)
+        except OutputError:
+            raise  # a full or read-only disk fails every later video too
         except VafusionError as exc:
             failed.append(exc.one_line())
             if args.verbose:
@@ -211,6 +245,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise VafusionError(None, "no output file given", "pass --out FILE (or --check FILE to validate one)")
+    prepare_file(args.out, "--out")
+    if args.out.exists() and not args.overwrite:
+        raise OutputError(
+            args.out, "exists (from an earlier run)", "pass --overwrite to replace it, or another --out"
+        )
     predictor = _predictor(args)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
@@ -222,40 +261,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         f"wrote {summary.path}: {summary.videos} videos, {summary.rows} rows (faces from crops: "
         f"{len(summary.from_crops)}, detected in the video: {len(summary.from_video)}, reused: "
         f"{len(summary.reused)}) in {time.perf_counter() - t0:.1f} s; checked against the frame counts"
-    )
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """Export the run's models and front ends and print where each went."""
-    weights = {
-        "iresnet_weights": args.iresnet_weights,
-        "iresnet_arch": args.iresnet_arch,
-        "vggish_weights": args.vggish_weights,
-        "vggish_pca": args.vggish_pca,
-        "logmel_weights": args.logmel_weights,
-    }
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-    summary = export_run(
-        args.model,
-        args.out,
-        models=models,
-        folds=int_list(args.folds, "--folds"),
-        opset=args.opset,
-        atol=args.atol,
-        with_frontends=not args.no_frontends,
-        weights=weights,
-        progress=not args.quiet,
-    )
-    for m in summary["models"]:
-        print(f"{m['model']} fold {m['fold']}: {m['onnx']} (max |onnx - torch| {m['max_abs_diff']:.2g})")
-    for name, fe in summary["frontends"]["exported"].items():
-        print(f"front end {name}: {fe['onnx']} (max |onnx - torch| {fe['max_abs_diff']:.2g})")
-    for name, why in summary["frontends"]["skipped"].items():
-        print(f"skipped front end {name}: {why}")
-    print(
-        f"exported {len(summary['models'])} models in {summary['seconds']:.1f} s; "
-        f"summary: {args.out / 'export.json'}"
     )
     return 0
 
@@ -287,6 +292,13 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "10 s and a valence-arousal dot drawn on it (audio kept)",
     )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files left by an earlier run (without it, predict refuses before any work). "
+        "Inputs that share a file name (a/clip.mp4, b/clip.mp4) never overwrite each other: their outputs "
+        "keep the folders that tell them apart (OUT/a/clip.csv, OUT/b/clip.csv)",
+    )
     add_model_options(p, required=True)
     p.set_defaults(func=cmd_predict)
 
@@ -318,55 +330,12 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="only validate FILE against the listed videos' frame counts (needs --data and --videos)",
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     add_model_options(p, required=False)
     p.set_defaults(func=cmd_submit)
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    """``vafusion export``."""
-    p = sub.add_parser(
-        "export",
-        help="write trained models (and front ends) as ONNX, checked with ONNX Runtime",
-        description="Export each fold model to OUT/<model>/fold<k>.onnx with a JSON sidecar "
-        "(fold<k>.json: streams, normaliser mean/std, window/hop, input names) so an "
-        "ONNX-only consumer can run it; inputs feats_<role> (batch, time, D) float32 and "
-        "valid_<role> (batch, time) bool, output va (batch, time, 2), batch and time "
-        "dynamic. Front ends (IResNet, VGGish, VGG log-mel encoder) whose weights the "
-        "run's config records, or the flags give, go to OUT/frontends/; the others are "
-        "listed as skipped. Every graph is run with ONNX Runtime on random inputs "
-        "(masked frames, several lengths) and must match PyTorch within --atol.",
-    )
-    p.add_argument(
-        "--model",
-        type=Path,
-        required=True,
-        metavar="RUN",
-        help="run directory of `vafusion cv`, a RUN/models/<model> folder, or one fold<k>.pt",
-    )
-    p.add_argument("--out", type=Path, required=True, help="output folder (created)")
-    p.add_argument(
-        "--models",
-        default=None,
-        help=f"with a run directory: comma list of {','.join(model_names(trainable=True))} (default fusion)",
-    )
-    p.add_argument(
-        "--folds", default=None, help="comma list of folds to export (default: every fold<k>.pt found)"
-    )
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or later (default 17)")
-    p.add_argument(
-        "--atol",
-        type=float,
-        default=1e-4,
-        help="largest |ONNX Runtime - PyTorch| accepted (default 1e-4; front ends: times max(1, |output|))",
-    )
-    p.add_argument("--no-frontends", action="store_true", help="export only the fusion/single-stream models")
-    add_weights(p)
-    add_output(p, "output")
-    p.set_defaults(func=cmd_export)
-
-
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register ``predict``, ``submit`` and ``export``."""
+    """Register ``predict`` and ``submit``."""
     _add_predict(sub)
     _add_submit(sub)
-    _add_export(sub)

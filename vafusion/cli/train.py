@@ -8,9 +8,18 @@ import os
 import sys
 from pathlib import Path
 
-from vafusion.cli.common import add_common, add_output, add_weights, config_from, models_help, positive
+from vafusion.cli.common import (
+    add_common,
+    add_output,
+    add_weights,
+    config_from,
+    models_help,
+    non_negative,
+    positive,
+)
 from vafusion.config import config_names, to_yaml
 from vafusion.evaluation.report import write_report
+from vafusion.io.atomic import prepare_file
 from vafusion.models.iresnet import ARCH_LAYERS
 from vafusion.pipeline import CVRun, run_cv, run_demo
 from vafusion.train.finetune_face import FinetuneConfig, finetune_face, output_paths
@@ -113,6 +122,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_finetune_face(args: argparse.Namespace) -> int:
     """Run the fine-tuning and print a short summary."""
+    prepare_file(args.out, "--out")
     cfg = FinetuneConfig(
         arch=args.arch,
         labels=args.labels,
@@ -164,10 +174,16 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory (default runs/demo)")
     p.add_argument(
-        "--videos", type=int, default=None, help="number of synthetic videos (default synth.videos, 24)"
+        "--videos",
+        type=positive(int),
+        default=None,
+        help="number of synthetic videos (default synth.videos, 24)",
     )
     p.add_argument(
-        "--seconds", type=float, default=None, help="length of each video (default synth.seconds, 15)"
+        "--seconds",
+        type=positive(float),
+        default=None,
+        help="length of each video (default synth.seconds, 15)",
     )
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     p.add_argument(
@@ -206,7 +222,9 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="devices per node: a count (2), a list (0,1) or auto (train.devices, default 1)",
     )
-    g.add_argument("--num-nodes", type=int, default=None, help="number of nodes (train.num_nodes, default 1)")
+    g.add_argument(
+        "--num-nodes", type=positive(int), default=None, help="number of nodes (train.num_nodes, default 1)"
+    )
     g.add_argument(
         "--strategy",
         default=None,
@@ -288,9 +306,14 @@ def _add_finetune_face(sub: argparse._SubParsersAction) -> None:  # long: argpar
         default=10.0,
         help="the new head's learning rate as a multiple of --lr (default 10)",
     )
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay (default 5e-4)")
     p.add_argument(
-        "--workers", type=int, default=0, help="DataLoader worker processes (default 0: in process)"
+        "--weight-decay", type=non_negative(float), default=5e-4, help="AdamW weight decay (default 5e-4)"
+    )
+    p.add_argument(
+        "--workers",
+        type=non_negative(int),
+        default=0,
+        help="DataLoader worker processes (default 0: in process)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(

@@ -19,13 +19,13 @@ import numpy as np
 from tqdm import tqdm
 
 from vafusion.data.affwild2 import Corpus, Sample, crop_index, read_annotation
-from vafusion.errors import VafusionError
+from vafusion.errors import OutputError, VafusionError
 from vafusion.face.align import CROP_SIZE
 from vafusion.features.audio_stream import stream_audio_features
 from vafusion.features.extractors import FeaturesConfig, configured_extractor
 from vafusion.features.store import build_manifest, feature_path, read_meta, shard_manifest, write_features
 from vafusion.features.timing import anchor_rows, fill_between_anchors
-from vafusion.io.atomic import clean_stale_temps, write_json
+from vafusion.io.atomic import clean_stale_temps, prepare_dir, write_json
 from vafusion.io.video import VideoInfo, probe, row_times
 
 
@@ -248,6 +248,8 @@ def _run_extractor(
         t0 = time.perf_counter()
         try:
             n, valid = _extract_one(ext, sample, path, cfg, stats, length_notes)
+        except OutputError:
+            raise  # a full or read-only disk fails every later file too: stop, keeping the finished ones
         except VafusionError as exc:
             stats.failed[sample.name] = exc.one_line()
             continue
@@ -267,8 +269,7 @@ def extract(
     progress: bool = True,
 ) -> dict:
     """Extract every (sample, extractor) pair not yet done; write ``extract_summary.json``, the manifest."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_dir(out, "--features")
     samples = shard_samples(sorted(corpus.samples, key=lambda s: s.name), shard)
     if shard is None:
         clean_stale_temps(out)

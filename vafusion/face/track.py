@@ -76,6 +76,7 @@ class FaceTrack:
         self._last_seen: Box | None = None
         self._missed = 0
         self._index = 0
+        self.most_faces = 0  # the most faces one detection found so far (to explain a subject never found)
 
     def _pick(self, boxes: list[Box]) -> Box | None:
         """The subject among ``boxes`` (see the class docstring), or ``None``."""
@@ -102,7 +103,9 @@ class FaceTrack:
         self._missed = 0
 
     def _detect(self, frame: np.ndarray, tracked: Box | None) -> Box | None:
-        box = self._pick(self.detector.detect(frame))
+        boxes = self.detector.detect(frame)
+        self.most_faces = max(self.most_faces, len(boxes))
+        box = self._pick(boxes)
         if box is not None:
             self._start(frame, box)
             return box

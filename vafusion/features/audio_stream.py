@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vafusion.io.audio import iter_audio_chunks
+from vafusion.io.audio import AudioChunk, iter_audio_chunks
 
 CHUNK_S = 30
 MARGIN_S = 2
@@ -43,14 +43,53 @@ class AudioFeatures:
     encode_s: float = 0.0
 
 
+def _encode_chunk(
+    chunk: AudioChunk,
+    extractors: Sequence,
+    times: np.ndarray,
+    sel: np.ndarray,
+    feats: list[np.ndarray],
+    valid: list[np.ndarray],
+    nonfinite: list[int],
+) -> None:
+    """Rows ``sel`` (frames whose times fall in the chunk's core) of every extractor, from one chunk."""
+    n = len(times)
+    # One frame either side as context (its row is dropped): extractors that read the frame spacing from
+    # the times (eGeMAPS' averaging window) then see it even in a chunk holding a single frame.
+    span = chunk.wave.size / chunk.rate
+    before = [sel[0] - 1] if sel[0] > 0 and times[sel[0] - 1] >= chunk.start else []
+    after = [sel[-1] + 1] if sel[-1] + 1 < n and times[sel[-1] + 1] - chunk.start <= span else []
+    ctx = np.array([*before, *sel, *after], np.int64)
+    keep = slice(len(before), len(before) + sel.size)
+    local = times[ctx] - chunk.start
+    if chunk.total is not None:
+        # a frame exactly at the track's end stays inside the chunk despite rounding in ``local``
+        local = np.where(times[ctx] <= chunk.total, np.minimum(local, span), local)
+    for i, ext in enumerate(extractors):
+        # origin: the chunk's start in the track, for hop grids anchored to the whole track
+        f, v = ext.at_times(chunk.wave, chunk.rate, local, origin=chunk.start)
+        f = np.asarray(f, np.float32)[keep]
+        v = np.asarray(v, bool)[keep]
+        if chunk.total is not None:
+            v = v & (times[sel] <= chunk.total)
+        bad = ~np.isfinite(f).all(axis=1)
+        if bad.any():
+            nonfinite[i] += int(bad.sum())
+            f[bad] = 0.0
+            v = v & ~bad
+        feats[i][sel] = f
+        valid[i][sel] = v
+
+
 def stream_audio_features(
     path: str | Path,
     extractors: Sequence,
     times: np.ndarray,
     chunk_s: int = CHUNK_S,
     margin_s: int = MARGIN_S,
+    stream: int = 0,
 ) -> AudioFeatures:
-    """Each audio extractor's rows at frame ``times`` (T,) s of ``path``'s first audio stream.
+    """Each audio extractor's rows at frame ``times`` (T,) s of ``path``'s audio stream ``stream``.
 
     Frames are valid where the extractor says so, never after the end of the track (those rows are zero
     and not encoded: a video whose sound stops early costs nothing more); a file without an audio track,
@@ -65,7 +104,7 @@ def stream_audio_features(
     seconds = None
     decode_s = encode_s = 0.0
     t0 = time.perf_counter()
-    for chunk in iter_audio_chunks(path, chunk_s, margin_s):
+    for chunk in iter_audio_chunks(path, chunk_s, margin_s, stream):
         t1 = time.perf_counter()
         decode_s += t1 - t0
         seconds = chunk.total
@@ -74,31 +113,7 @@ def stream_audio_features(
             inside &= times <= chunk.total  # frames after the track's end stay zero and invalid, unencoded
         sel = np.flatnonzero(inside)
         if extractors and sel.size and chunk.wave.size:
-            # One frame either side as context (its row is dropped): extractors that read the frame spacing
-            # from the times (eGeMAPS' averaging window) then see it even in a chunk holding a single frame.
-            span = chunk.wave.size / chunk.rate
-            before = [sel[0] - 1] if sel[0] > 0 and times[sel[0] - 1] >= chunk.start else []
-            after = [sel[-1] + 1] if sel[-1] + 1 < n and times[sel[-1] + 1] - chunk.start <= span else []
-            ctx = np.array([*before, *sel, *after], np.int64)
-            keep = slice(len(before), len(before) + sel.size)
-            local = times[ctx] - chunk.start
-            if chunk.total is not None:
-                # a frame exactly at the track's end stays inside the chunk despite rounding in ``local``
-                local = np.where(times[ctx] <= chunk.total, np.minimum(local, span), local)
-            for i, ext in enumerate(extractors):
-                # origin: the chunk's start in the track, for hop grids anchored to the whole track
-                f, v = ext.at_times(chunk.wave, chunk.rate, local, origin=chunk.start)
-                f = np.asarray(f, np.float32)[keep]
-                v = np.asarray(v, bool)[keep]
-                if chunk.total is not None:
-                    v = v & (times[sel] <= chunk.total)
-                bad = ~np.isfinite(f).all(axis=1)
-                if bad.any():
-                    nonfinite[i] += int(bad.sum())
-                    f[bad] = 0.0
-                    v = v & ~bad
-                feats[i][sel] = f
-                valid[i][sel] = v
+            _encode_chunk(chunk, extractors, times, sel, feats, valid, nonfinite)
         t0 = time.perf_counter()
         encode_s += t0 - t1
     decode_s += time.perf_counter() - t0

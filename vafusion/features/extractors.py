@@ -27,11 +27,17 @@ from vafusion.features.face_encoder import FaceEncoder
 from vafusion.features.landmarks import LandmarkExtractor
 from vafusion.features.logmel import CentredExamples
 from vafusion.features.timing import resample_rows
+from vafusion.models.iresnet import canonical_arch
+from vafusion.schema import AT_LEAST_1, NON_NEGATIVE, Rule, one_of, setting
 from vafusion.weights import load_iresnet, load_vgg_logmel, load_vggish, sha256
 
 ROLES = ("visual", "vggish", "logmel")
 FACE_EXTRACTORS = ("iresnet", "landmarks")
 AUDIO_EXTRACTORS = ("vggish", "egemaps", "logmel")
+IRESNET_ARCH = Rule(
+    "one of iresnet18, iresnet34, iresnet50, iresnet100 (or r18 ... r100)",
+    lambda v: canonical_arch(v) is not None,
+)
 
 
 @dataclass
@@ -42,17 +48,19 @@ class FeaturesConfig:
     (visual: iresnet | landmarks; vggish: vggish | egemaps; logmel: VGG encoder | log-mel statistics).
     """
 
-    visual: str = "auto"
-    vggish: str = "auto"
-    logmel: str = "logmel"
-    iresnet_arch: str = "iresnet50"
+    visual: str = setting("auto", one_of("auto", *FACE_EXTRACTORS))
+    vggish: str = setting("auto", one_of("auto", *AUDIO_EXTRACTORS))
+    logmel: str = setting("logmel", one_of(*AUDIO_EXTRACTORS))
+    iresnet_arch: str = setting("iresnet50", IRESNET_ARCH)
     iresnet_weights: str | None = None
     vggish_weights: str | None = None
     vggish_pca: str | None = None
     logmel_weights: str | None = None
-    face_batch: int = 64
-    face_stride: int = 2  # encode every k-th face, interpolate the rest (CCC cost: docs/performance.md)
-    audio_hop: float = 0.48  # s between encoded 0.96 s log-mel patches; 0: one per frame (docs: performance)
+    face_batch: int = setting(64, AT_LEAST_1)
+    # encode every k-th face, interpolate the rest (CCC cost: docs/performance.md)
+    face_stride: int = setting(2, AT_LEAST_1)
+    # s between encoded 0.96 s log-mel patches; 0: one per frame (docs/performance.md)
+    audio_hop: float = setting(0.48, NON_NEGATIVE)
 
 
 class Extractor(Protocol):

@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from vafusion.config import Config, load_config
+from vafusion.data.synth import MANIFEST as SYNTH_MANIFEST
 from vafusion.errors import VafusionError, WeightsError
 from vafusion.features.extractors import configured_extractor, resolve_streams
 from vafusion.models.checkpoint import Checkpoint
@@ -159,6 +160,35 @@ def training_fps(run: Path, checkpoints: list[Checkpoint]) -> float | None:
     return None
 
 
+SYNTHETIC_NOTE = (
+    "this model was trained on vafusion's built-in synthetic corpus: on real faces and voices its "
+    "values demonstrate the pipeline, they are not a measurement of emotion"
+)
+
+
+SYNTHETIC_CAPTION = "demo model trained on synthetic data: on real faces a demonstration, not a measurement"
+
+
+def trained_on_synthetic(run: Path, checkpoints: list[Checkpoint]) -> bool:
+    """Whether the run learnt from the built-in synthetic corpus, as its checkpoints or ``streams.json``
+    record (runs from before that record: a ``vafusion demo`` folder holding the synthetic corpus)."""
+    recorded = [
+        c.extra["data"].get("synthetic") for c in checkpoints if isinstance(c.extra.get("data"), dict)
+    ]
+    if recorded:
+        return any(recorded)
+    for folder in (run, *run.parents[:2]):
+        meta = folder / "streams.json"
+        if meta.is_file():
+            try:
+                data = json.loads(meta.read_text()).get("data")
+            except (OSError, ValueError):
+                data = None
+            if isinstance(data, dict) and "synthetic" in data:
+                return bool(data["synthetic"])
+    return any((folder / "data" / SYNTH_MANIFEST).is_file() for folder in (run, *run.parents[:2]))
+
+
 def _check_streams(run: Path, streams: dict[str, str]) -> None:
     """``RUN/streams.json`` must agree with the checkpoints on which extractor fills each stream."""
     streams_file = run / "streams.json"
@@ -201,6 +231,8 @@ class RunBundle:
     train_fps: float | None = None
     trained: bool = True
     notes: list[str] = field(default_factory=list)
+    caption: str = ""
+    """A line shown with every output of this run (plot, overlay) when its values are not measurements."""
 
     @property
     def roles(self) -> list[str]:
@@ -252,7 +284,17 @@ class RunBundle:
         run = source if source.is_dir() else source.parent
         _check_streams(run, streams)
         cfg = run_config(source / "config.yaml" if source.is_dir() else None, ckpts[0].config, overrides)
-        return cls(source, which, models, streams, cfg, training_fps(run, ckpts))
+        synthetic = trained_on_synthetic(run, ckpts)
+        return cls(
+            source,
+            which,
+            models,
+            streams,
+            cfg,
+            training_fps(run, ckpts),
+            notes=[SYNTHETIC_NOTE] if synthetic else [],
+            caption=SYNTHETIC_CAPTION if synthetic else "",
+        )
 
     @classmethod
     def untrained(cls, name: str, feature_overrides: list[str] | None = None, seed: int = 0) -> RunBundle:
@@ -267,4 +309,45 @@ class RunBundle:
             net = create_model(name, dims=dims).eval()
         fold = FoldModel(0, net, Normaliser.identity(dims), None)
         note = f"{name} is an untrained model: its values are random and only show that the pipeline runs"
-        return cls(name, name, [fold], streams, cfg, None, trained=False, notes=[note])
+        return cls(
+            name,
+            name,
+            [fold],
+            streams,
+            cfg,
+            None,
+            trained=False,
+            notes=[note],
+            caption=f"untrained model ({name}): random values, a smoke test of the pipeline",
+        )
+
+
+def feature_mismatches(bundle: RunBundle, extractors: dict[str, Any]) -> list[str]:
+    """Notes for streams whose front-end settings differ from those that made the training features.
+
+    Compared are the extractor settings the checkpoints recorded (version-2 checkpoints), except the
+    numeric precision, which differs between CPUs by design (bf16 where it is native) and moves the
+    features by far less than the settings this catches (weights files, strides, hops).
+    """
+    ckpt = bundle.folds[0].checkpoint
+    if ckpt is None or not ckpt.features:
+        return []
+    notes = []
+    for role, trained in ckpt.features.items():
+        ext = extractors.get(bundle.streams.get(role, ""))
+        if ext is None:
+            continue
+        now = {k: v for k, v in ext.params.items() if k != "precision"}
+        then = {k: v for k, v in (trained.get("params") or {}).items() if k != "precision"}
+        differ = sorted(
+            k
+            for k in set(now) | set(then)
+            if json.dumps(now.get(k), default=str) != json.dumps(then.get(k), default=str)
+        )
+        if differ:
+            verb = "differs" if len(differ) == 1 else "differ"
+            notes.append(
+                f"stream {role} ({ext.name}): {', '.join(differ)} {verb} from the training features; "
+                "predictions may be less accurate (check features.* against the run's config.yaml)"
+            )
+    return notes

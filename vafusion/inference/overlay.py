@@ -77,10 +77,37 @@ def _draw_plane(img: np.ndarray, v: float, a: float, u: float) -> None:
     )
 
 
+def _draw_caption(img: np.ndarray, caption: str, u: float) -> None:
+    """``caption`` in red on a dark band along the top (a demo or untrained model's outputs say so)."""
+    scale, thick = 0.45 * u, max(1, round(u))
+    (w, h), base = cv2.getTextSize(caption, FONT, scale, thick)
+    shrink = min(1.0, (img.shape[1] - 12 * u) / max(w, 1))
+    scale *= shrink
+    band = int((h + base) * shrink + 10 * u)
+    img[:band] = (img[:band].astype(np.float32) * 0.35).astype(np.uint8)
+    cv2.putText(
+        img,
+        caption,
+        (int(6 * u), int(band - base * shrink - 4 * u)),
+        FONT,
+        scale,
+        (255, 80, 80),
+        thick,
+        cv2.LINE_AA,
+    )
+
+
 def draw_overlay(
-    image: np.ndarray, k: int, times: np.ndarray, va: np.ndarray, box: np.ndarray, history_s: float = 10.0
+    image: np.ndarray,
+    k: int,
+    times: np.ndarray,
+    va: np.ndarray,
+    box: np.ndarray,
+    history_s: float = 10.0,
+    caption: str = "",
 ) -> np.ndarray:
-    """Frame ``k`` with the face box, the last ``history_s`` s of valence/arousal and a VA-plane dot."""
+    """Frame ``k`` with the face box, the last ``history_s`` s of valence/arousal, a VA-plane dot and, when
+    given, a caption along the top."""
     img = image.copy()
     u = max(min(img.shape[:2]) / 480.0, 0.5)
     if np.isfinite(box).all():
@@ -89,6 +116,8 @@ def draw_overlay(
         )
     _draw_trace(img, k, times, va, u, history_s)
     _draw_plane(img, float(va[k, 0]), float(va[k, 1]), u)
+    if caption:
+        _draw_caption(img, caption, u)
     return img
 
 
@@ -173,7 +202,7 @@ def write_overlay(src: str | Path, prediction: Prediction, dst: str | Path, prog
                 leave=False,
             ):
                 k = min(frame.index, n - 1)
-                img = draw_overlay(frame.image, k, times, va, vf.boxes[k])
+                img = draw_overlay(frame.image, k, times, va, vf.boxes[k], caption=prediction.caption)
                 if (ph, pw) != img.shape[:2]:
                     img = np.pad(img, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
                 vframe = av.VideoFrame.from_ndarray(img, format="rgb24")

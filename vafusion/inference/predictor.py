@@ -29,14 +29,14 @@ import numpy as np
 import pandas as pd
 
 from vafusion.cpu import torch_threads
-from vafusion.errors import VafusionError, WeightsError
+from vafusion.errors import MediaError, VafusionError, WeightsError
 from vafusion.face.align import FaceAligner
 from vafusion.face.detect import FaceDetector
 from vafusion.face.track import FaceTrack, Subject
 from vafusion.features.extractors import FeaturesConfig, configured_extractor
-from vafusion.inference.bundle import RunBundle
+from vafusion.inference.bundle import RunBundle, feature_mismatches
 from vafusion.inference.onnx_net import onnx_runner
-from vafusion.inference.video import VideoFeatures, audio_pass, face_pass
+from vafusion.inference.video import VideoFeatures, audio_pass, face_pass, no_face_warning
 from vafusion.io.video import probe
 from vafusion.models.windows import sliding_predict
 
@@ -103,6 +103,8 @@ class Prediction:
     features: VideoFeatures
     folds: list[int]
     warnings: list[str]
+    caption: str = ""
+    """Shown with the plot and overlay when the values are not measurements (a demo or untrained model)."""
 
 
 class Predictor:
@@ -141,6 +143,7 @@ class Predictor:
         audio_margin_s: int = 2,
         fuse_threads: int | None = 1,
         hook: Hook | None = None,
+        audio_stream: int = 0,
     ) -> None:
         if not bundle.folds:
             raise WeightsError(None, "no models to predict with", "pass a run directory with trained models")
@@ -174,13 +177,14 @@ class Predictor:
                     f"features, the model expects {want}-d",
                     "use the front-end weights the run was trained with (RUN/config.yaml)",
                 )
-        self.notes = list(bundle.notes) + _feature_mismatches(bundle, self.extractors)
+        self.notes = list(bundle.notes) + feature_mismatches(bundle, self.extractors)
         for note in self.notes:
             warnings.warn(note, FeaturesWarning, stacklevel=2)
         self.detector = FaceDetector(detector, detect_size)
         self.aligner = FaceAligner()
         self.detect_every = detect_every
         self.subject = subject
+        self.audio_stream = audio_stream
 
     @classmethod
     def from_run(
@@ -245,6 +249,12 @@ class Predictor:
         """The model's inputs for one video: the face pass, then the audio pass."""
         path = Path(path)
         info = probe(path, count_frames=True)  # demux only: finds a truncated file before any work is done
+        if info.audio_streams and self.audio_stream >= len(info.audio_streams) and self.roles_with("audio"):
+            raise MediaError(
+                path,
+                f"has {len(info.audio_streams)} audio streams, no stream {self.audio_stream}",
+                f"pass --audio-stream 0..{len(info.audio_streams) - 1}",
+            )
         track = FaceTrack(
             self.detector,
             self.aligner,
@@ -261,18 +271,17 @@ class Predictor:
                 self.hook("faces", file=path, completed=done, total=total)
 
         fp = face_pass(path, info, track, faces, stride, int(self.features_config.face_batch), progress)
-        feats: dict[str, np.ndarray] = {}
-        valid: dict[str, np.ndarray] = {}
-        for role in self.roles_with("face"):
-            ext = self.extractor(role)
-            feats[role], valid[role] = fp.encoder.features(ext.name, ext.dim, fp.face, stride)
+        feats, valid = fp.streams({r: self.extractor(r) for r in self.roles_with("face")}, stride)
         vf = VideoFeatures(path, info, fp.times, fp.face, fp.boxes, feats, valid, None, fp.timings)
+        if not vf.face.any() and self.roles_with("face"):
+            vf.warnings.append(no_face_warning(path, track.subject, track.most_faces))
         audio_pass(
             vf,
             {r: self.streams[r] for r in self.roles_with("audio")},
             self.extractors,
             self.audio_chunk_s,
             self.audio_margin_s,
+            self.audio_stream,
         )
         if self.hook is not None:
             self.hook("features", vf, file=path)
@@ -325,7 +334,8 @@ class Predictor:
             },
             columns=COLUMNS,
         )
-        prediction = Prediction(table, vf, [m.fold for m in self.bundle.folds], [m for m, _ in raised])
+        folds = [m.fold for m in self.bundle.folds]
+        prediction = Prediction(table, vf, folds, [m for m, _ in raised], self.bundle.caption)
         if self.hook is not None:
             self.hook("prediction", prediction, file=vf.path)
         return prediction
@@ -363,34 +373,3 @@ def _check_folds(bundle: RunBundle, roles: list[str]) -> None:
             f"no extractor recorded for stream(s) {', '.join(missing)}",
             "check RUN/streams.json against the models",
         )
-
-
-def _feature_mismatches(bundle: RunBundle, extractors: dict[str, Any]) -> list[str]:
-    """Notes for streams whose front-end settings differ from those that made the training features.
-
-    Compared are the extractor settings the checkpoints recorded (version-2 checkpoints), except the
-    numeric precision, which differs between CPUs by design (bf16 where it is native) and moves the
-    features by far less than the settings this catches (weights files, strides, hops).
-    """
-    ckpt = bundle.folds[0].checkpoint
-    if ckpt is None or not ckpt.features:
-        return []
-    notes = []
-    for role, trained in ckpt.features.items():
-        ext = extractors.get(bundle.streams.get(role, ""))
-        if ext is None:
-            continue
-        now = {k: v for k, v in ext.params.items() if k != "precision"}
-        then = {k: v for k, v in (trained.get("params") or {}).items() if k != "precision"}
-        differ = sorted(
-            k
-            for k in set(now) | set(then)
-            if json.dumps(now.get(k), default=str) != json.dumps(then.get(k), default=str)
-        )
-        if differ:
-            verb = "differs" if len(differ) == 1 else "differ"
-            notes.append(
-                f"stream {role} ({ext.name}): {', '.join(differ)} {verb} from the training features; "
-                "predictions may be less accurate (check features.* against the run's config.yaml)"
-            )
-    return notes

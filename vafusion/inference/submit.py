@@ -188,15 +188,8 @@ def predict_sample(
     return predictor.predict_arrays(feats, valid, times), source
 
 
-def write_submission(
-    predictor: Predictor, root: str | Path, names: list[str], out: str | Path, progress: bool = False
-) -> SubmissionSummary:
-    """Predict every listed video and write the submission file ``out`` atomically; then check it."""
-    out = Path(out)
-    samples = _samples(root, names)
-    counts = frame_counts(root, names)
-    parts = out.parent / f"{out.name}.parts"
-    key = predictor.fingerprint()
+def _open_parts(parts: Path, key: str) -> None:
+    """The resume cache for ``key`` (the models and settings): kept if it is theirs, else started afresh."""
     stamp = parts / "parts.json"
     if parts.is_dir():
         try:
@@ -207,14 +200,23 @@ def write_submission(
             shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     write_json(stamp, {"key": key})
-    summary = SubmissionSummary(out)
-    order = sorted(names, key=lambda n: (samples[n].video_id, n))  # two sides of one video share its audio
+
+
+def _predict_parts(
+    predictor: Predictor,
+    samples: dict[str, Sample],
+    counts: dict[str, int],
+    parts: Path,
+    summary: SubmissionSummary,
+    progress: bool,
+) -> None:
+    """One ``parts/<name>.npy`` per listed video; finished ones (from an interrupted run) are reused."""
+    order = sorted(samples, key=lambda n: (samples[n].video_id, n))  # two sides of one video share its audio
     for name in tqdm(order, desc="submit", unit="video", disable=not progress, dynamic_ncols=True):
         part = parts / f"{name}.npy"
         if part.is_file():
             try:
-                pred = np.load(part, allow_pickle=False)
-                if pred.shape == (counts[name], 2):
+                if np.load(part, allow_pickle=False).shape == (counts[name], 2):
                     summary.reused.append(name)
                     continue
             except (OSError, ValueError):
@@ -223,13 +225,42 @@ def write_submission(
         (summary.from_crops if source == "crops" else summary.from_video).append(name)
         with atomic_path(part) as tmp, open(tmp, "wb") as fh:
             np.save(fh, np.clip(pred.astype(np.float32), -1.0, 1.0))
-    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        fh.write(HEADER + "\n")
-        for name in names:
-            pred = np.load(parts / f"{name}.npy", allow_pickle=False)
-            fh.writelines(f"{name}/{i:05d}.jpg,{v:.6f},{a:.6f}\n" for i, (v, a) in enumerate(pred, 1))
-            summary.rows += len(pred)
+
+
+def write_submission(
+    predictor: Predictor, root: str | Path, names: list[str], out: str | Path, progress: bool = False
+) -> SubmissionSummary:
+    """Predict every listed video and write the submission file ``out`` atomically; then check it.
+
+    Each finished video is kept in ``OUT.parts/`` until the file is written: when a run fails or is
+    stopped, the error says so, and the same command continues from them.
+    """
+    out = Path(out)
+    samples = _samples(root, names)
+    counts = frame_counts(root, names)
+    parts = out.parent / f"{out.name}.parts"
+    _open_parts(parts, predictor.fingerprint())
+    summary = SubmissionSummary(out)
+    try:
+        _predict_parts(predictor, samples, counts, parts, summary, progress)
+        with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(HEADER + "\n")
+            for name in names:
+                pred = np.load(parts / f"{name}.npy", allow_pickle=False)
+                fh.writelines(f"{name}/{i:05d}.jpg,{v:.6f},{a:.6f}\n" for i, (v, a) in enumerate(pred, 1))
+                summary.rows += len(pred)
+    except VafusionError as exc:
+        done = len(list(parts.glob("*.npy")))
+        keep = (
+            f"{parts} keeps the {done} videos finished so far: rerun the same command to continue from "
+            "them (or delete it)"
+        )
+        raise type(exc)(exc.path, exc.problem, f"{exc.fix}; {keep}" if exc.fix else keep) from None
     summary.videos = len(names)
+    for key, items in summary.notes.items():
+        summary.notes[key] = list(
+            dict.fromkeys(items)
+        )  # a video without audio is one video, not one per stream
     check_submission(out, counts)
     shutil.rmtree(parts, ignore_errors=True)
     return summary

@@ -30,7 +30,7 @@ import numpy as np
 
 from vafusion.errors import MediaError
 from vafusion.face.detect import Box
-from vafusion.face.track import FaceTrack
+from vafusion.face.track import FaceTrack, Subject
 from vafusion.features.audio_stream import AudioFeatures, stream_audio_features
 from vafusion.features.timing import StrideAnchors, fill_between_anchors
 from vafusion.io.video import VideoInfo, iter_frames, read_ahead, row_times
@@ -130,6 +130,15 @@ class FacePass:
         """``(T,)`` bool: frames where the subject's face was found."""
         return np.isfinite(self.boxes[:, 0])
 
+    def streams(
+        self, roles: dict[str, Any], stride: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Rows and validity of each face stream (``roles``: role -> its extractor)."""
+        feats, valid = {}, {}
+        for role, ext in roles.items():
+            feats[role], valid[role] = self.encoder.features(ext.name, ext.dim, self.face, stride)
+        return feats, valid
+
 
 def face_pass(
     path: Path,
@@ -184,14 +193,27 @@ def face_pass(
 
 
 def audio_pass(
-    vf: VideoFeatures, roles: dict[str, str], extractors: dict[str, Any], chunk_s: int, margin_s: int
+    vf: VideoFeatures,
+    roles: dict[str, str],
+    extractors: dict[str, Any],
+    chunk_s: int,
+    margin_s: int,
+    stream: int = 0,
 ) -> None:
-    """Fill ``vf``'s audio streams (``roles``: role -> extractor name) from its audio track, in chunks."""
+    """Fill ``vf``'s audio streams (``roles``: role -> extractor name) from audio stream ``stream``."""
     names = list(dict.fromkeys(roles.values()))
     n = vf.length
     broken = None
+    streams = vf.info.audio_streams
+    if roles and len(streams) > 1:
+        vf.warnings.append(
+            f"{vf.path}: {len(streams)} audio streams ({'; '.join(streams)}); using stream "
+            f"{stream}; --audio-stream N picks another"
+        )
     try:
-        got = stream_audio_features(vf.path, [extractors[m] for m in names], vf.times, chunk_s, margin_s)
+        got = stream_audio_features(
+            vf.path, [extractors[m] for m in names], vf.times, chunk_s, margin_s, stream
+        )
     except MediaError as exc:  # no sample decodes: as without a track, but say why
         broken = exc.one_line()
         got = AudioFeatures(
@@ -217,3 +239,14 @@ def audio_pass(
             f"{vf.path}: audio ends at {total:.1f} s, video at {vf.times[-1]:.1f} s; "
             "later frames are predicted from the face alone"
         )
+
+
+def no_face_warning(path: Path, subject: Subject, most: int) -> str:
+    """The warning for a video in which the subject's face was never found."""
+    if isinstance(subject, int) and subject >= most > 0:
+        seen = "1 face was" if most == 1 else f"{most} faces were"
+        return (
+            f"{path}: no face number {subject} from the left (counting from 0): at most {seen} visible at "
+            f"once; every frame is predicted without a face (--subject 0..{most - 1} picks one)"
+        )
+    return f"{path}: no face found in any frame; predicting from the voice alone"

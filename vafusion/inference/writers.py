@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch
 
+from vafusion.errors import VafusionError
 from vafusion.inference.overlay import write_overlay
 from vafusion.inference.predictor import Prediction
 from vafusion.io.atomic import atomic_path
@@ -29,7 +31,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
 
 
-def write_plot(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
+def write_plot(table: pd.DataFrame, path: str | Path, title: str = "", caption: str = "") -> None:
     """Valence and arousal over time, frames without a face shaded grey; PNG, written atomically."""
     t = table["time"].to_numpy()
     no_face = table["face"].to_numpy() == 0
@@ -47,28 +49,59 @@ def write_plot(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
     axes[-1].set_xlabel("time (s)")
     share = 100.0 * (1 - no_face.mean()) if len(no_face) else 0.0
     fig.suptitle(f"{title}  ({len(t)} frames, face found in {share:.0f} %)".strip())
-    fig.tight_layout()
+    if caption:
+        fig.text(0.5, 0.005, caption, ha="center", va="bottom", color="tab:red", fontsize=9)
+    fig.tight_layout(rect=(0, 0.04 if caption else 0, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
-def write_outputs(
-    prediction: Prediction,
-    out_dir: str | Path,
-    overlay: bool = False,
-    plot: bool = True,
-    progress: bool = False,
-) -> dict[str, Path]:
-    """Write ``OUT/<stem>.csv``, ``OUT/<stem>.png`` and with ``overlay`` ``<stem>_overlay.mp4``."""
-    video, out_dir = prediction.features.path, Path(out_dir)
-    files = {"csv": out_dir / f"{video.stem}.csv"}
-    write_csv(prediction.table, files["csv"])
+def output_names(videos: list[Path]) -> dict[Path, str]:
+    """Each video's output name under ``--out``: its stem, or, where several inputs share a stem, its path
+    relative to their common folder without the suffix (``a/clip``, ``b/clip``), so no result replaces
+    another. A video listed twice is an error."""
+    seen: dict[Path, Path] = {}
+    for v in videos:
+        key = Path(os.path.abspath(v))
+        if key in seen:
+            raise VafusionError(v, "is listed twice", "list each video once")
+        seen[key] = v
+    names = {v: Path(v).stem for v in videos}
+    by_stem: dict[str, list[Path]] = {}
+    for v in videos:
+        by_stem.setdefault(names[v], []).append(Path(os.path.abspath(v)))
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            common = Path(os.path.commonpath([p.parent for p in paths]))
+            for v in videos:
+                if Path(v).stem == stem:
+                    names[v] = Path(os.path.abspath(v)).relative_to(common).with_suffix("").as_posix()
+    return names
+
+
+def output_files(name: str, out_dir: str | Path, overlay: bool = False, plot: bool = True) -> dict[str, Path]:
+    """The files ``vafusion predict`` writes for a video whose output name is ``name``."""
+    out_dir = Path(out_dir)
+    files = {"csv": out_dir / f"{name}.csv"}
     if plot:
-        files["png"] = out_dir / f"{video.stem}.png"
-        write_plot(prediction.table, files["png"], title=video.name)
+        files["png"] = out_dir / f"{name}.png"
     if overlay:
-        files["overlay"] = write_overlay(
-            video, prediction, out_dir / f"{video.stem}_overlay.mp4", progress=progress
-        )
+        files["overlay"] = out_dir / f"{name}_overlay.mp4"
     return files
+
+
+def write_outputs(
+    prediction: Prediction, files: dict[str, Path], title: str = "", progress: bool = False
+) -> None:
+    """Write the ``csv``, ``png`` and ``overlay`` files of ``files`` (see :func:`output_files`)."""
+    write_csv(prediction.table, files["csv"])
+    if "png" in files:
+        write_plot(
+            prediction.table,
+            files["png"],
+            title=title or prediction.features.path.name,
+            caption=prediction.caption,
+        )
+    if "overlay" in files:
+        write_overlay(prediction.features.path, prediction, files["overlay"], progress=progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -12,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from vafusion.errors import OutputError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -19,23 +22,93 @@ def _umask() -> int:
     return mask
 
 
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system holding ``path`` (the nearest existing ancestor's)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    while not os.path.ismount(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _output_error(exc: OSError, path: Path, fix: str) -> OutputError | None:
+    """The one-line error for an ``OSError`` that says the destination itself cannot take writes."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(
+            None,
+            f"no space left on {mount_point(path)} writing {path}",
+            "free some space or write elsewhere; the files finished before are kept",
+        )
+    if exc.errno == errno.EROFS:
+        return OutputError(path, f"read-only file system ({mount_point(path)})", fix)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return OutputError(path, "permission denied", fix)
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A full disk, a read-only file system or a missing permission becomes one :class:`OutputError` (the
+    temporary file is removed, and an earlier ``path`` is left as it was).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a shared store needs the usual permissions
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        os.chmod(
+            tmp_path, 0o666 & ~_umask()
+        )  # mkstemp makes 0600; a shared store needs the usual permissions
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        error = _output_error(exc, path, "write somewhere you can write to")
+        if error is None:
+            raise
+        raise error from None
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def prepare_dir(path: str | Path, flag: str) -> Path:
+    """Create output folder ``path`` and prove that it takes files, before any work is done.
+
+    ``flag`` names the option the user gave it with, for the error message.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(
+            path, "exists and is not a folder", f"pass a folder to {flag} (or remove that file)"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".vafusion-write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        error = _output_error(exc, path, f"pass a folder you can write to as {flag}")
+        raise (
+            error
+            or OutputError(path, f"cannot write here ({exc.strerror})", f"pass another folder to {flag}")
+        ) from None
+    return path
+
+
+def prepare_file(path: str | Path, flag: str) -> Path:
+    """Check that output file ``path`` can be written (its folder made and writable; not a folder itself)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(path, "is a folder", f"pass a file name to {flag}, e.g. {path / 'submission.txt'}")
+    prepare_dir(path.parent if str(path.parent) else Path("."), flag)
+    return path
 
 
 def write_text(path: str | Path, text: str) -> None:

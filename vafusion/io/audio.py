@@ -84,8 +84,11 @@ def _decoded(
         yield out.to_ndarray().reshape(-1)
 
 
-def iter_audio_chunks(path: str | Path, chunk_s: int = 30, margin_s: int = 2) -> Iterator[AudioChunk]:
-    """Decode the first audio stream in order and yield overlapping mono chunks; nothing if there is no audio.
+def iter_audio_chunks(
+    path: str | Path, chunk_s: int = 30, margin_s: int = 2, stream: int = 0
+) -> Iterator[AudioChunk]:
+    """Decode audio stream ``stream`` (0: the first) in order and yield overlapping mono chunks; nothing if
+    there is no audio.
 
     Samples are FFmpeg's mono downmix at the stream's own rate, exactly what
     :func:`vafusion.io.video.read_audio` returns with ``sample_rate=None``; chunk ``k`` holds the samples
@@ -104,8 +107,14 @@ def iter_audio_chunks(path: str | Path, chunk_s: int = 30, margin_s: int = 2) ->
     with container:
         if not container.streams.audio:
             return
-        stream = container.streams.audio[0]
-        rate = int(stream.rate or stream.codec_context.sample_rate or 0)
+        if not 0 <= stream < len(container.streams.audio):
+            raise MediaError(
+                path,
+                f"has {len(container.streams.audio)} audio streams, no stream {stream}",
+                f"pass --audio-stream 0..{len(container.streams.audio) - 1}",
+            )
+        audio = container.streams.audio[stream]
+        rate = int(audio.rate or audio.codec_context.sample_rate or 0)
         if rate <= 0:
             return
         resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
@@ -116,7 +125,7 @@ def iter_audio_chunks(path: str | Path, chunk_s: int = 30, margin_s: int = 2) ->
         pending = 0
         core = 0
 
-        for samples in _decoded(container, stream, resampler, path):
+        for samples in _decoded(container, audio, resampler, path):
             pieces.append(samples)
             pending += samples.size
             if buf_start + buf.size + pending < core + size + margin:

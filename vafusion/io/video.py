@@ -34,6 +34,8 @@ class VideoInfo:
     has_audio: bool
     audio_rate: int | None
     audio_channels: int | None
+    audio_streams: tuple[str, ...] = field(default=(), compare=False)
+    """One description per audio stream (``"0: aac, 2 ch, 48000 Hz, eng"``), in the container's order."""
     times: np.ndarray | None = field(default=None, compare=False, repr=False)
     """Presentation time (s from the first frame) of every frame, from its packet (if frames were counted)."""
 
@@ -130,6 +132,15 @@ def _count_frames(
     return n_frames, times
 
 
+def describe_audio(index: int, stream: av.audio.stream.AudioStream) -> str:
+    """``"0: aac, 2 ch, 48000 Hz, eng"``: how a user tells the audio streams of a file apart."""
+    parts = [stream.codec_context.name, f"{stream.channels} ch", f"{stream.rate} Hz"]
+    language = (stream.metadata or {}).get("language")
+    if language and language != "und":
+        parts.append(language)
+    return f"{index}: " + ", ".join(parts)
+
+
 def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
     """Read container facts; ``count_frames`` demuxes every packet for an exact frame count."""
     path = Path(path)
@@ -153,6 +164,7 @@ def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
         if fps <= 0 and duration > 0:
             fps = n_frames / duration
         audio = container.streams.audio[0] if container.streams.audio else None
+        audio_streams = tuple(describe_audio(k, a) for k, a in enumerate(container.streams.audio))
         rotation = _rotation(stream, container)
     if rotation in (90, 270):
         width, height = height, width
@@ -169,6 +181,7 @@ def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
         has_audio=audio is not None,
         audio_rate=int(audio.rate) if audio is not None else None,
         audio_channels=int(audio.channels) if audio is not None else None,
+        audio_streams=audio_streams,
         times=times,
     )
 

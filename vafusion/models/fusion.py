@@ -7,13 +7,14 @@ single-modality model of the same design (TCN -> head).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vafusion.models.components.cross_attention import CrossModalAttention
 from vafusion.models.components.tcn import MultiScaleTCN
+from vafusion.schema import AT_LEAST_0, AT_LEAST_1, DILATIONS, DROPOUT, ODD_SIZES, setting
 
 OUTPUTS = 2
 """Valence and arousal."""
@@ -36,15 +37,15 @@ class FusionConfig:
     many frames; 0 is the paper's literal full-window attention.
     """
 
-    tcn_channels: int = 32
-    kernel_sizes: list[int] = field(default_factory=lambda: [3, 5, 7])
-    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    tcn_dropout: float = 0.1
-    attn_dim: int = 128
-    attn_dropout: float = 0.1
-    attn_span: int = 15
-    head_hidden: int = 128
-    head_dropout: float = 0.3
+    tcn_channels: int = setting(32, AT_LEAST_1)
+    kernel_sizes: list[int] = setting([3, 5, 7], ODD_SIZES)
+    dilations: list[int] = setting([1, 2, 4, 8], DILATIONS)
+    tcn_dropout: float = setting(0.1, DROPOUT)
+    attn_dim: int = setting(128, AT_LEAST_1)
+    attn_dropout: float = setting(0.1, DROPOUT)
+    attn_span: int = setting(15, AT_LEAST_0)
+    head_hidden: int = setting(128, AT_LEAST_1)
+    head_dropout: float = setting(0.3, DROPOUT)
 
 
 class Branch(nn.Module):

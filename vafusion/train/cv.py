@@ -29,6 +29,7 @@ from tqdm import tqdm
 from vafusion.config import Config, to_dict, to_yaml
 from vafusion.data.affwild2 import Corpus
 from vafusion.data.sequence import Sequence, load_sequence
+from vafusion.data.synth import MANIFEST as SYNTH_MANIFEST
 from vafusion.errors import VafusionError
 from vafusion.features.store import feature_path
 from vafusion.io.atomic import atomic_path, write_json, write_text
@@ -119,6 +120,7 @@ class CrossValidation:
         self.folds, self.streams, self.notes = folds, streams, notes
         self.progress, self.resume = progress, resume
         self._cache: dict[str, Sequence] = {}
+        self.synthetic = (self.corpus.root / SYNTH_MANIFEST).is_file()
         self.failed: dict[str, VafusionError] = {}
 
     def sequences(self, names: list[str]) -> list[Sequence]:
@@ -211,10 +213,14 @@ class CrossValidation:
         test_names = usable.loc[usable["fold"] == fold, "name"].tolist()
         train_names = usable.loc[usable["fold"] != fold, "name"].tolist()
         if not test_names or not train_names:
+            in_fold = set(self.folds.loc[self.folds["fold"] == fold, "name"])
+            lost = [exc.one_line() for n, exc in self.failed.items() if (n in in_fold) == (not test_names)]
+            shown = "; ".join(lost[:3]) + (f"; ... {len(lost) - 3} more" if len(lost) > 3 else "")
             raise VafusionError(
                 self.run / "folds.csv",
-                f"fold {fold} has {len(test_names)} usable test and {len(train_names)} training samples",
-                "check the fold assignment and the samples left out",
+                f"fold {fold} has {len(test_names)} usable test and {len(train_names)} training samples"
+                + (f" ({len(lost)} left out: {shown})" if lost else ""),
+                "fix the samples left out, or check the fold assignment",
             )
         return train_names, test_names
 
@@ -319,6 +325,7 @@ class CrossValidation:
             }
             for r in net.names
         }
+        extra = {**extra, "data": {"root": str(self.corpus.root), "synthetic": self.synthetic}}
         rates = [s.fps for s in train if s.fps]
         fps = float(np.median(rates)) if rates else None
         return Checkpoint(
@@ -338,11 +345,14 @@ class CrossValidation:
         """All requested (model, fold) pairs, single-modality models first (they initialise fusion)."""
         self.run.mkdir(parents=True, exist_ok=True)
         write_text(self.run / "config.yaml", to_yaml(self.cfg))
-        write_json(self.run / "streams.json", {"streams": self.streams, "notes": self.notes})
+        data = {"root": str(self.corpus.root), "synthetic": self.synthetic}
+        write_json(self.run / "streams.json", {"streams": self.streams, "notes": self.notes, "data": data})
         names = self.folds["name"].tolist()
         self.failed = self.check(names)
         if names and len(self.failed) == len(names):
             raise next(iter(self.failed.values()))
+        for fold in folds:
+            self.split(fold)  # an empty fold stops the run here, before any training
         order = sorted(models, key=lambda m: (m == "fusion", MODELS.index(m)))
         jobs = [(m, f) for f in folds for m in order]
         bar = tqdm(jobs, desc="cv", unit="model", disable=not self.progress, dynamic_ncols=True)
