@@ -44,7 +44,8 @@ from vafusion.data.affwild2 import scan
 from vafusion.data.sequence import Sequence, load_sequence
 from vafusion.features.store import build_manifest, feature_path, read_features, write_features
 from vafusion.inference.bundle import run_config
-from vafusion.inference.predictor import Predictor, smooth_series
+from vafusion.inference.ensemble import smooth_series
+from vafusion.inference.predictor import Predictor
 from vafusion.inference.submit import side_subject
 from vafusion.metrics import ccc
 from vafusion.models.windows import sliding_predict

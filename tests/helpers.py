@@ -12,7 +12,7 @@ from vafusion.cli import main
 from vafusion.cpu import torch_threads
 from vafusion.data.synth import make_corpus
 from vafusion.features.store import feature_path, write_features
-from vafusion.io.audio import encode_audio
+from vafusion.io.audio import encode_audio, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO.parent / "shared" / "testdata" / "videos"
@@ -52,6 +52,12 @@ def write_video(
             for p in encode_audio(aus, wave, sample_rate):
                 out.mux(p)
     return path
+
+
+def write_frames(path: Path, frames: list[np.ndarray], fps: int = 25, sample_rate: int = 16000) -> Path:
+    """Write RGB ``frames`` as an H.264 clip with a quiet 220 Hz tone as long as the video."""
+    t = np.arange(int(len(frames) / fps * sample_rate)) / sample_rate
+    return write_clip(path, frames, fps, (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sample_rate)
 
 
 def write_annotation(

@@ -24,7 +24,7 @@ from tests.helpers import SHARED_VIDEOS, fast_cv, write_linear_feature_corpus, w
 from vafusion.cli import main
 from vafusion.errors import OutputError, VafusionError
 from vafusion.inference import submit as submit_module
-from vafusion.inference.overlay import draw_overlay
+from vafusion.inference.overlay import Shown, draw_overlay
 from vafusion.inference.predictor import Predictor
 from vafusion.inference.writers import write_plot
 from vafusion.io import atomic
@@ -407,9 +407,9 @@ def test_a_demo_model_says_so_once_per_command_and_on_its_outputs(tiny, clips, t
     write_plot(table, tmp_path / "captioned.png", caption=predictor.bundle.caption)
     assert (tmp_path / "plain.png").read_bytes() != (tmp_path / "captioned.png").read_bytes()
     frame = np.full((240, 320, 3), 128, np.uint8)
-    times, va, box = np.arange(3) / 25, np.zeros((3, 2)), np.full(4, np.nan)
-    plain = draw_overlay(frame, 2, times, va, box)
-    marked = draw_overlay(frame, 2, times, va, box, caption=predictor.bundle.caption)
+    times, shown = np.arange(3) / 25, [Shown("", np.zeros((3, 2)), np.full((3, 4), np.nan))]
+    plain = draw_overlay(frame, 2, times, shown)
+    marked = draw_overlay(frame, 2, times, shown, caption=predictor.bundle.caption)
     assert (plain[:20] != marked[:20]).any() and (plain[40:] == marked[40:]).all()
 
 

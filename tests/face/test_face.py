@@ -111,7 +111,7 @@ def test_track_finds_moving_face_and_reports_blank_frames(
 
     calls = []
     detect = detector.detect
-    monkeypatch.setattr(detector, "detect", lambda frame: calls.append(1) or detect(frame))
+    monkeypatch.setattr(detector, "detect", lambda frame, **kw: calls.append(1) or detect(frame, **kw))
     results = list(FaceTrack(detector, aligner, detect_every=3).process(frames))
     monkeypatch.undo()
 

@@ -26,8 +26,9 @@ from vafusion.errors import MediaError, VafusionError, WeightsError
 from vafusion.face.align import ARCFACE_TEMPLATE, CROP_SIZE
 from vafusion.features.extractors import EGeMAPSExtractor, LogMelExtractor
 from vafusion.features.timing import anchor_rows
+from vafusion.inference.ensemble import smooth_series
 from vafusion.inference.overlay import write_overlay
-from vafusion.inference.predictor import AudioWarning, FpsWarning, Predictor, smooth_series
+from vafusion.inference.predictor import AudioWarning, FpsWarning, Predictor
 from vafusion.io.audio import encode_audio, iter_audio_chunks
 from vafusion.io.video import probe, read_audio
 
@@ -106,7 +107,18 @@ def eye_positions(landmark_rows: np.ndarray) -> np.ndarray:
 
 
 def check_table(df: pd.DataFrame, n: int) -> None:
-    assert list(df.columns) == ["frame", "time", "valence", "arousal", "face"]
+    assert list(df.columns) == ["frame", "time", "valence", "arousal", "face"] + [
+        "box_x",
+        "box_y",
+        "box_w",
+        "box_h",
+        "valence_sd",
+        "arousal_sd",
+    ]
+    boxes = df[["box_x", "box_y", "box_w", "box_h"]]
+    assert boxes.isna().all(axis=1).eq(df["face"] == 0).all()  # a box exactly where a face was found
+    assert (boxes[df["face"] == 1][["box_w", "box_h"]] > 0).all().all()
+    assert (df[["valence_sd", "arousal_sd"]] >= 0).all().all()
     assert len(df) == n and df["frame"].tolist() == list(range(1, n + 1))
     assert np.isfinite(df[["valence", "arousal"]].to_numpy()).all()
     assert df[["valence", "arousal"]].abs().le(1).all().all()
@@ -304,6 +316,10 @@ def test_fold_ensemble_is_the_mean_of_the_folds(tiny):
     inside = (np.abs(a0) < 1).all(1) & (np.abs(a1) < 1).all(1)
     assert np.allclose(both[inside], (a0[inside] + a1[inside]) / 2, atol=1e-5)
     assert not np.allclose(a0, a1)
+    # the spread is the standard deviation of the fold models' (clipped) predictions; 0 with one model
+    _, sd = p_all.predict_arrays(seq.feats, seq.valid, spread=True)
+    assert np.allclose(sd, np.abs(a0 - a1) / 2, atol=1e-5) and sd.max() > 0
+    assert not p0.predict_arrays(seq.feats, seq.valid, spread=True)[1].any()
 
 
 def test_smoothing_in_seconds():

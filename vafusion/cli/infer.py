@@ -128,7 +128,9 @@ def _add_face_group(p: argparse.ArgumentParser) -> None:
         type=positive(int),
         default=640,
         metavar="PX",
-        help="the detector sees frames shrunk to this longer side (default 640); raise it for small faces",
+        help="the detector's coarse pass sees frames shrunk to this longer side (default 640: fast on "
+        "HD video); where it finds no face, a fine pass looks for faces down to 48 px tall in the original "
+        "frame, and tracked faces are re-detected in a small region around them (docs/predict.md)",
     )
 
 
@@ -189,7 +191,7 @@ def _predict_one(predictor: Predictor, video: Path, files: dict[str, Path], args
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PredictionWarning)  # printed below, once each
-        prediction = predictor.predict_file(video)
+        prediction = predictor.predict_file(video, faces=args.faces)
         write_outputs(prediction, files, progress=not args.quiet)
     for message in prediction.warnings:
         print(f"vafusion: warning: {message}", file=sys.stderr)
@@ -197,8 +199,12 @@ def _predict_one(predictor: Predictor, video: Path, files: dict[str, Path], args
     secs = time.perf_counter() - t0
     media = float(vf.times[-1]) + 1.0 / max(vf.fps, 1e-6) if vf.length else 0.0
     audio = "none" if not vf.audio_seconds else f"{vf.audio_seconds:.1f} s"
+    found = f"face in {100 * table['face'].mean():.0f} %"
+    if "person" in table:
+        shares = table.groupby("person")["face"].mean()
+        found = f"{len(shares)} people, face in " + ", ".join(f"{100 * s:.0f}" for s in shares) + " %"
     print(
-        f"{video}: {len(table)} frames, face in {100 * table['face'].mean():.0f} %, audio {audio}; "
+        f"{video}: {vf.length} frames, {found}, audio {audio}; "
         f"{secs:.1f} s ({secs / media if media else 0:.2f} x real time) -> "
         f"{', '.join(str(p) for p in files.values())}"
     )
@@ -270,9 +276,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="per-frame valence/arousal for any video file(s)",
-        description="For each VIDEO write OUT/<stem>.csv (frame,time,valence,arousal,face: one row per "
-        "decoded frame, frame numbered from 1, time in seconds from the stream's timestamps, face=1 where "
-        "the subject's face was found) and OUT/<stem>.png (VA over time, frames without a face shaded). "
+        description="For each VIDEO write OUT/<stem>.csv (frame,time,valence,arousal,face,box_x,box_y,"
+        "box_w,box_h,valence_sd,arousal_sd: one row per decoded frame, frame numbered from 1, time in "
+        "seconds from the stream's timestamps, face=1 where the subject's face was found and aligned, its "
+        "box in pixels of the upright frame, *_sd the spread of the fold models; with --faces all one row "
+        "per person and frame, a person column after face) and OUT/<stem>.png (VA over time, one panel per "
+        "person, frames without a face shaded). "
         "Any container/codec FFmpeg reads, any frame rate (variable too), rotation metadata applied, "
         "any audio rate/channels or no audio. Frames and audio are streamed, so long videos need "
         "little memory (docs/predict.md).",
@@ -288,8 +297,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overlay",
         action="store_true",
-        help="also write OUT/<stem>_overlay.mp4: the video with the face box, the VA trace of the last "
-        "10 s and a valence-arousal dot drawn on it (audio kept)",
+        help="also write OUT/<stem>_overlay.mp4: the video with the face box (with --faces all each "
+        "person's box, number and live values), the VA trace of the last 10 s and a valence-arousal dot "
+        "drawn on it (audio kept)",
     )
     p.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     p.add_argument(
@@ -298,6 +308,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="replace output files left by an earlier run (without it, predict refuses before any work). "
         "Inputs that share a file name (a/clip.mp4, b/clip.mp4) never overwrite each other: their outputs "
         "keep the folders that tell them apart (OUT/a/clip.csv, OUT/b/clip.csv)",
+    )
+    p.add_argument(
+        "--faces",
+        default="one",
+        choices=["one", "all"],
+        help="one (default): follow one subject (--subject), one row per frame; all: follow every person "
+        "(identity kept across misses, crossings and short occlusions by dlib's face descriptor plus "
+        "position), one row per person and frame with a person column (0, 1, ... left to right as they "
+        "first appear); the audio is fused with each person's face",
     )
     add_model_options(p, required=True)
     p.set_defaults(func=cmd_predict)

@@ -3,6 +3,12 @@
 Between detections ``dlib.correlation_tracker`` follows the subject. Its peak-to-side-lobe ratio (PSR) is
 the confidence: below ``min_psr`` the track is lost and the detector runs on that same frame, so a lost
 face costs one detection, not ``detect_every`` frames without a face.
+
+Re-detection looks only around the face (:meth:`FaceDetector.detect_region`, a few ms), and a lost face
+is looked for first around where it was. The whole frame is searched only without a track: the coarse
+pass on every frame (a large face is found on the frame it appears), the fine pass for small faces every
+``detect_every`` frames, and every 20 frames once 10 frames have gone by without a face, which keeps the
+cost of stretches without anyone in view near that of the coarse pass alone (docs/predict.md).
 """
 
 from __future__ import annotations
@@ -17,6 +23,28 @@ from vafusion.face.align import FaceAligner
 from vafusion.face.detect import Box, FaceDetector, check_frame, iou, to_rect
 
 Subject = Literal["largest", "first"] | int
+
+
+class Search:
+    """When a tracker without a face searches the whole frame with the fine pass (the coarse pass runs on
+    every other frame): every ``every`` frames, every ``every_idle`` frames once ``idle_after`` frames have
+    gone by without a confirmed face."""
+
+    def __init__(
+        self, detector: FaceDetector, every: int, every_idle: int = 20, idle_after: int = 10
+    ) -> None:
+        self.detector, self.every, self.every_idle, self.idle_after = detector, every, every_idle, idle_after
+        self.last_fine = -(10**9)
+        self.last_face = 0
+
+    def __call__(self, frame: np.ndarray, frame_no: int) -> list[Box]:
+        """The faces the search finds on frame ``frame_no``."""
+        idle = frame_no - self.last_face >= self.idle_after
+        fine = frame_no - self.last_fine >= (self.every_idle if idle else self.every)
+        if fine and self.detector.fine_scale(frame) is not None:
+            self.last_fine = frame_no
+            return self.detector.detect(frame, every_face=True)
+        return self.detector.detect(frame, fine=False)
 
 
 class FaceFrame(NamedTuple):
@@ -67,6 +95,7 @@ class FaceTrack:
         self.subject = subject
         self.min_psr = min_psr
         self.max_missed = max_missed
+        self.lost_context = 4.0
         self.reset()
 
     def reset(self) -> None:
@@ -76,7 +105,9 @@ class FaceTrack:
         self._last_seen: Box | None = None
         self._missed = 0
         self._index = 0
-        self.most_faces = 0  # the most faces one detection found so far (to explain a subject never found)
+        self._confirmed = False  # the track's face was found again by a re-detection around it
+        self._search = Search(self.detector, self.detect_every)
+        self.most_faces = 0  # the most faces one full search found (to explain a subject never found)
 
     def _pick(self, boxes: list[Box]) -> Box | None:
         """The subject among ``boxes`` (see the class docstring), or ``None``."""
@@ -102,18 +133,39 @@ class FaceTrack:
         self._last_seen = box
         self._missed = 0
 
-    def _detect(self, frame: np.ndarray, tracked: Box | None) -> Box | None:
-        boxes = self.detector.detect(frame)
+    def _full(self, frame: np.ndarray) -> list[Box]:
+        boxes = self._search(frame, self._index - 1)
         self.most_faces = max(self.most_faces, len(boxes))
+        return boxes
+
+    def _detect(self, frame: np.ndarray, tracked: Box | None) -> Box | None:
+        """Re-detect around the track, or find the subject again. A track started by a full search is
+        unconfirmed until a re-detection around it finds its face again; an unconfirmed track whose
+        re-detection fails is dropped at once, so a false detection lasts at most ``detect_every`` frames."""
+        region = False
+        if tracked is not None:
+            boxes, region = self.detector.detect_region(frame, tracked), True
+        elif self._box is not None:  # lost just now: look around where it was, then everywhere
+            boxes = self.detector.detect_region(frame, self._box, self.lost_context)
+            region = bool(boxes) and self._confirmed
+            boxes = boxes or self._full(frame)
+        else:
+            boxes = self._full(frame)
         box = self._pick(boxes)
         if box is not None:
+            confirmed = region or (tracked is not None and self._confirmed)
             self._start(frame, box)
+            self._confirmed = confirmed
+            if confirmed:
+                self._search.last_face = self._index - 1
             return box
-        if tracked is not None and self._missed < self.max_missed:
+        if tracked is not None and self._confirmed and self._missed < self.max_missed:
             self._missed += 1
+            self._search.last_face = self._index - 1
             self._box = self._last_seen = tracked
             return tracked
         self._tracker = self._box = None
+        self._confirmed = False
         return None
 
     def step(self, frame: np.ndarray, align: bool = True) -> FaceFrame:

@@ -1,5 +1,8 @@
 """``--overlay``: a copy of the video with the face box, the recent VA trace and a VA-plane dot drawn on.
 
+With ``--faces all`` every person's box carries their number and live valence/arousal in their own colour,
+the trace shows each person's valence (thick) and arousal (thin), and the VA plane one numbered dot each.
+
 H.264 video with the source's timestamps (variable frame rate kept, rotation applied to the pixels); the
 audio is copied when MP4 can hold its codec and re-encoded to AAC otherwise. Streams frame by frame and
 is written atomically.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -27,43 +31,103 @@ MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"}
 VALENCE_RGB, AROUSAL_RGB = (80, 160, 255), (255, 90, 90)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 TIME_BASE = Fraction(1, 90000)
+PERSON_RGB = [(0, 220, 0), (255, 200, 0), (0, 200, 255), (255, 110, 230), (170, 255, 120), (255, 150, 60)]
+
+
+@dataclass
+class Shown:
+    """One person as drawn: their label (empty for the one subject of ``--faces one``), per-frame values
+    ``va`` (T, 2), face boxes (T, 4; left, top, right, bottom, NaN without a face) and colour."""
+
+    label: str
+    va: np.ndarray
+    boxes: np.ndarray
+    colour: tuple[int, int, int] = (0, 220, 0)
+
+
+def shown_people(prediction: Prediction) -> list[Shown]:
+    """The people of a prediction as the overlay draws them."""
+    table, vf = prediction.table, prediction.features
+    if "person" not in table:
+        return [Shown("", table[["valence", "arousal"]].to_numpy(np.float64), vf.boxes)]
+    out = []
+    for rows in vf.people:
+        mine = table[table["person"] == rows.person]
+        colour = PERSON_RGB[rows.person % len(PERSON_RGB)]
+        out.append(
+            Shown(str(rows.person), mine[["valence", "arousal"]].to_numpy(np.float64), rows.boxes, colour)
+        )
+    return out
+
+
+def _strip(img: np.ndarray) -> tuple[int, int, int]:
+    """Darken the bottom strip; its top row, height and middle row."""
+    h, w = img.shape[:2]
+    sh = int(0.22 * h)
+    y0 = h - sh
+    img[y0:h] = (img[y0:h].astype(np.float32) * 0.35).astype(np.uint8)
+    mid = y0 + sh // 2
+    cv2.line(img, (0, mid), (w - 1, mid), (128, 128, 128), 1)
+    return y0, sh, mid
 
 
 def _draw_trace(
-    img: np.ndarray, k: int, times: np.ndarray, va: np.ndarray, u: float, history_s: float
+    img: np.ndarray, k: int, times: np.ndarray, people: list[Shown], u: float, history_s: float
 ) -> None:
     """The last ``history_s`` s of valence and arousal in a darkened strip along the bottom, with values."""
-    h, w = img.shape[:2]
+    w = img.shape[1]
     thick = max(1, round(2 * u))
-    sh = int(0.22 * h)
-    y0 = h - sh
-    strip = img[y0:h]
-    strip[:] = (strip.astype(np.float32) * 0.35).astype(np.uint8)
-    mid = y0 + sh // 2
-    cv2.line(img, (0, mid), (w - 1, mid), (128, 128, 128), 1)
+    y0, sh, mid = _strip(img)
     lo = np.searchsorted(times, times[k] - history_s)
     seg_t = times[lo : k + 1]
+    one = len(people) == 1 and not people[0].label
     if len(seg_t) > 1:
         xs = (w - 1) * (1 - (times[k] - seg_t) / history_s)
-        for col, colour in ((0, VALENCE_RGB), (1, AROUSAL_RGB)):
-            ys = mid - va[lo : k + 1, col] * (sh / 2 - 3)
-            pts = np.stack([xs, ys], axis=1).round().astype(np.int32)
-            cv2.polylines(img, [pts], False, colour, thick, cv2.LINE_AA)
-    for row, (name, colour) in enumerate((("valence", VALENCE_RGB), ("arousal", AROUSAL_RGB))):
-        cv2.putText(
-            img,
-            f"{name} {va[k, row]:+.2f}",
-            (int(6 * u), y0 + int((16 + 18 * row) * u)),
-            FONT,
-            0.5 * u,
-            colour,
-            thick,
-            cv2.LINE_AA,
-        )
+        for p in people:
+            for col, colour, t in ((0, VALENCE_RGB, thick), (1, AROUSAL_RGB, max(1, thick // 2))):
+                ys = mid - p.va[lo : k + 1, col] * (sh / 2 - 3)
+                pts = np.stack([xs, ys], axis=1).round().astype(np.int32)
+                cv2.polylines(
+                    img, [pts], False, colour if one else p.colour, thick if one else t, cv2.LINE_AA
+                )
+    rows = (
+        [
+            (f"{n} {people[0].va[k, c]:+.2f}", rgb)
+            for c, n, rgb in ((0, "valence", VALENCE_RGB), (1, "arousal", AROUSAL_RGB))
+        ]
+        if one
+        else [(f"{p.label}: V {p.va[k, 0]:+.2f} A {p.va[k, 1]:+.2f}", p.colour) for p in people]
+    )
+    for row, (text, colour) in enumerate(rows):
+        origin = (int(6 * u), y0 + int((16 + 18 * row) * u))
+        cv2.putText(img, text, origin, FONT, 0.5 * u, colour, thick, cv2.LINE_AA)
 
 
-def _draw_plane(img: np.ndarray, v: float, a: float, u: float) -> None:
-    """The valence-arousal plane in the top right corner with the current value as a dot."""
+def _draw_boxes(img: np.ndarray, k: int, people: list[Shown], u: float) -> None:
+    """Each person's face box in frame ``k``; with several people, their number and live values above it."""
+    thick = max(1, round(2 * u))
+    for p in people:
+        box = p.boxes[k]
+        if not np.isfinite(box).all():
+            continue
+        x0, y0, x1, y1 = (int(c) for c in box)
+        cv2.rectangle(img, (x0, y0), (x1, y1), p.colour, thick)
+        if p.label:
+            text = f"{p.label}  V{p.va[k, 0]:+.2f} A{p.va[k, 1]:+.2f}"
+            cv2.putText(
+                img,
+                text,
+                (x0, max(y0 - int(6 * u), int(12 * u))),
+                FONT,
+                0.45 * u,
+                p.colour,
+                thick,
+                cv2.LINE_AA,
+            )
+
+
+def _draw_plane(img: np.ndarray, k: int, people: list[Shown], u: float) -> None:
+    """The valence-arousal plane in the top right corner with each person's current value as a dot."""
     h, w = img.shape[:2]
     r = int(0.11 * min(h, w))
     cx, cy = w - r - int(10 * u), r + int(10 * u)
@@ -72,9 +136,12 @@ def _draw_plane(img: np.ndarray, v: float, a: float, u: float) -> None:
     cv2.line(img, (cx, cy - r), (cx, cy + r), (200, 200, 200), 1)
     cv2.putText(img, "V", (cx + r - int(12 * u), cy - 4), FONT, 0.4 * u, (255, 255, 255), 1, cv2.LINE_AA)
     cv2.putText(img, "A", (cx + 4, cy - r + int(12 * u)), FONT, 0.4 * u, (255, 255, 255), 1, cv2.LINE_AA)
-    cv2.circle(
-        img, (round(cx + v * r), round(cy - a * r)), max(3, int(5 * u)), (255, 220, 0), -1, cv2.LINE_AA
-    )
+    for p in people:
+        v, a = float(p.va[k, 0]), float(p.va[k, 1])
+        dot = (round(cx + v * r), round(cy - a * r))
+        cv2.circle(img, dot, max(3, int(5 * u)), p.colour if p.label else (255, 220, 0), -1, cv2.LINE_AA)
+        if p.label:
+            cv2.putText(img, p.label, (dot[0] + 5, dot[1] - 5), FONT, 0.4 * u, p.colour, 1, cv2.LINE_AA)
 
 
 def _draw_caption(img: np.ndarray, caption: str, u: float) -> None:
@@ -101,21 +168,17 @@ def draw_overlay(
     image: np.ndarray,
     k: int,
     times: np.ndarray,
-    va: np.ndarray,
-    box: np.ndarray,
+    people: list[Shown],
     history_s: float = 10.0,
     caption: str = "",
 ) -> np.ndarray:
-    """Frame ``k`` with the face box, the last ``history_s`` s of valence/arousal, a VA-plane dot and, when
-    given, a caption along the top."""
+    """Frame ``k`` with each person's face box, the last ``history_s`` s of valence/arousal, a VA-plane dot
+    per person and, when given, a caption along the top."""
     img = image.copy()
     u = max(min(img.shape[:2]) / 480.0, 0.5)
-    if np.isfinite(box).all():
-        cv2.rectangle(
-            img, (int(box[0]), int(box[1])), (int(box[2]), int(box[3])), (0, 220, 0), max(1, round(2 * u))
-        )
-    _draw_trace(img, k, times, va, u, history_s)
-    _draw_plane(img, float(va[k, 0]), float(va[k, 1]), u)
+    _draw_boxes(img, k, people, u)
+    _draw_trace(img, k, times, people, u, history_s)
+    _draw_plane(img, k, people, u)
     if caption:
         _draw_caption(img, caption, u)
     return img
@@ -177,7 +240,7 @@ class _AudioCopy:
 def write_overlay(src: str | Path, prediction: Prediction, dst: str | Path, progress: bool = False) -> Path:
     """Write the overlay video of ``prediction`` (made from ``src``) to ``dst``; see the module docstring."""
     src, dst = Path(src), Path(dst)
-    va = prediction.table[["valence", "arousal"]].to_numpy(np.float64)
+    people = shown_people(prediction)
     vf = prediction.features
     times, n = vf.times, len(vf.times)
     if n == 0:
@@ -202,7 +265,7 @@ def write_overlay(src: str | Path, prediction: Prediction, dst: str | Path, prog
                 leave=False,
             ):
                 k = min(frame.index, n - 1)
-                img = draw_overlay(frame.image, k, times, va, vf.boxes[k], caption=prediction.caption)
+                img = draw_overlay(frame.image, k, times, people, caption=prediction.caption)
                 if (ph, pw) != img.shape[:2]:
                     img = np.pad(img, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
                 vframe = av.VideoFrame.from_ndarray(img, format="rgb24")

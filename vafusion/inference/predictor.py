@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -32,15 +31,18 @@ from vafusion.cpu import torch_threads
 from vafusion.errors import MediaError, VafusionError, WeightsError
 from vafusion.face.align import FaceAligner
 from vafusion.face.detect import FaceDetector
+from vafusion.face.identity import FaceDescriber
+from vafusion.face.people import PeopleTrack
 from vafusion.face.track import FaceTrack, Subject
 from vafusion.features.extractors import FeaturesConfig, configured_extractor
 from vafusion.inference.bundle import RunBundle, feature_mismatches
+from vafusion.inference.ensemble import ensemble
 from vafusion.inference.onnx_net import onnx_runner
-from vafusion.inference.video import VideoFeatures, audio_pass, face_pass, no_face_warning
+from vafusion.inference.tables import Faces, person_table, prediction_table
+from vafusion.inference.video import Follower, OneFace, VideoFeatures, audio_pass, face_pass, no_face_warning
 from vafusion.io.video import probe
 from vafusion.models.windows import sliding_predict
 
-COLUMNS = ["frame", "time", "valence", "arousal", "face"]
 FPS_TOLERANCE = 1.25
 """Warn when the video's frame rate differs from the training data's by more than this factor."""
 
@@ -67,33 +69,6 @@ Hook = Callable[..., None]
 :class:`Prediction`); see :mod:`vafusion.inference.hooks`."""
 
 
-def smooth_series(values: np.ndarray, times: np.ndarray, sigma_s: float) -> np.ndarray:
-    """Gaussian smoothing along time with standard deviation ``sigma_s`` seconds (0: unchanged copy).
-
-    Weights come from the real frame times, so variable-frame-rate video is smoothed in seconds, not
-    frames; near the ends the kernel is renormalised over the frames that exist.
-    """
-    values = np.asarray(values, np.float64)
-    out = values.copy()
-    n = len(values)
-    if sigma_s <= 0 or n < 2:
-        return out.astype(np.float32)
-    times = np.asarray(times, np.float64)
-    steps = np.diff(times)
-    steps = steps[steps > 0]
-    period = float(np.median(steps)) if steps.size else 1.0 / 30
-    k = min(math.ceil(3.0 * sigma_s / period), n - 1)
-    acc = np.zeros_like(values)
-    wsum = np.zeros(n)
-    extra = (slice(None),) + (None,) * (values.ndim - 1)
-    for d in range(-k, k + 1):
-        lo, hi = max(0, -d), min(n, n - d)
-        w = np.exp(-0.5 * ((times[lo + d : hi + d] - times[lo:hi]) / sigma_s) ** 2)
-        acc[lo:hi] += w[extra] * values[lo + d : hi + d]
-        wsum[lo:hi] += w
-    return (acc / wsum[extra]).astype(np.float32)
-
-
 @dataclass
 class Prediction:
     """``table`` (``frame,time,valence,arousal,face``; frame 1-based), the features behind it, and the
@@ -105,6 +80,7 @@ class Prediction:
     warnings: list[str]
     caption: str = ""
     """Shown with the plot and overlay when the values are not measurements (a demo or untrained model)."""
+    faces: str = "one"
 
 
 class Predictor:
@@ -182,6 +158,7 @@ class Predictor:
             warnings.warn(note, FeaturesWarning, stacklevel=2)
         self.detector = FaceDetector(detector, detect_size)
         self.aligner = FaceAligner()
+        self.describer: FaceDescriber | None = None
         self.detect_every = detect_every
         self.subject = subject
         self.audio_stream = audio_stream
@@ -245,8 +222,32 @@ class Predictor:
         }
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
-    def extract(self, path: str | Path, subject: Subject | None = None) -> VideoFeatures:
-        """The model's inputs for one video: the face pass, then the audio pass."""
+    def _follower(self, subject: Subject | None, faces: Faces) -> Follower:
+        """What finds the faces: one subject's track (person 0), or every person's."""
+        if faces == "all":
+            return PeopleTrack(self.detector, self._describer(), detect_every=self.detect_every)
+        if faces != "one":
+            raise VafusionError(
+                None, f"faces must be 'one' or 'all', got {faces!r}", "pass --faces one or all"
+            )
+        return OneFace(
+            FaceTrack(
+                self.detector,
+                self.aligner,
+                detect_every=self.detect_every,
+                subject=self.subject if subject is None else subject,
+            )
+        )
+
+    def _describer(self) -> FaceDescriber:
+        if self.describer is None:
+            self.describer = FaceDescriber()
+        return self.describer
+
+    def extract(
+        self, path: str | Path, subject: Subject | None = None, faces: Faces = "one"
+    ) -> VideoFeatures:
+        """The model's inputs for one video: the face pass (one subject, or every person), the audio pass."""
         path = Path(path)
         info = probe(path, count_frames=True)  # demux only: finds a truncated file before any work is done
         if info.audio_streams and self.audio_stream >= len(info.audio_streams) and self.roles_with("audio"):
@@ -255,13 +256,8 @@ class Predictor:
                 f"has {len(info.audio_streams)} audio streams, no stream {self.audio_stream}",
                 f"pass --audio-stream 0..{len(info.audio_streams) - 1}",
             )
-        track = FaceTrack(
-            self.detector,
-            self.aligner,
-            detect_every=self.detect_every,
-            subject=self.subject if subject is None else subject,
-        )
-        faces = {
+        follower = self._follower(subject, faces)
+        extractors = {
             n: self.extractors[n] for n in dict.fromkeys(self.streams[r] for r in self.roles_with("face"))
         }
         stride = max(1, int(self.features_config.face_stride))
@@ -270,11 +266,21 @@ class Predictor:
             if self.hook is not None:
                 self.hook("faces", file=path, completed=done, total=total)
 
-        fp = face_pass(path, info, track, faces, stride, int(self.features_config.face_batch), progress)
-        feats, valid = fp.streams({r: self.extractor(r) for r in self.roles_with("face")}, stride)
-        vf = VideoFeatures(path, info, fp.times, fp.face, fp.boxes, feats, valid, None, fp.timings)
-        if not vf.face.any() and self.roles_with("face"):
-            vf.warnings.append(no_face_warning(path, track.subject, track.most_faces))
+        fp = face_pass(
+            path,
+            info,
+            follower,
+            self.aligner,
+            extractors,
+            stride,
+            int(self.features_config.face_batch),
+            progress,
+        )
+        people = fp.rows({r: self.extractor(r) for r in self.roles_with("face")}, stride)
+        vf = VideoFeatures(path, info, fp.times, people, timings=fp.timings)
+        if not any(p.face.any() for p in people) and self.roles_with("face"):
+            track = follower.track if isinstance(follower, OneFace) else follower
+            vf.warnings.append(no_face_warning(path, getattr(track, "subject", "largest"), track.most_faces))
         audio_pass(
             vf,
             {r: self.streams[r] for r in self.roles_with("audio")},
@@ -287,35 +293,50 @@ class Predictor:
             self.hook("features", vf, file=path)
         return vf
 
-    def predict_arrays(
-        self, feats: dict[str, np.ndarray], valid: dict[str, np.ndarray], times: np.ndarray | None = None
-    ) -> np.ndarray:
-        """Fold-averaged ``(T, 2)`` valence/arousal for raw (unnormalised) feature rows, smoothed and clipped.
-
-        ``times`` (s) are needed only for smoothing (default: frame index / 30).
-        """
-        n = len(next(iter(valid.values())))
-        if n == 0:
-            return np.zeros((0, 2), np.float32)
-        acc = np.zeros((n, 2), np.float64)
+    def _fold_predictions(
+        self, feats: dict[str, np.ndarray], valid: dict[str, np.ndarray]
+    ) -> list[np.ndarray]:
+        """Each fold model's ``(T, 2)`` prediction for raw feature rows."""
         f = {r: feats[r] for r in self.roles}
         v = {r: valid[r] for r in self.roles}
         with torch_threads(self.fuse_threads or 0):
-            for m in self.bundle.folds:
-                acc += sliding_predict(
-                    m.net, m.normaliser.apply(f, v), v, self.window, min(self.hop, self.window)
-                )
-        pred = (acc / len(self.bundle.folds)).astype(np.float32)
-        if self.smooth > 0:
-            pred = smooth_series(pred, np.arange(n) / 30.0 if times is None else times, self.smooth)
-        return np.clip(pred, -1.0, 1.0)
+            return [
+                sliding_predict(m.net, m.normaliser.apply(f, v), v, self.window, min(self.hop, self.window))
+                for m in self.bundle.folds
+            ]
 
-    def predict_file(self, path: str | Path, subject: Subject | None = None) -> Prediction:
-        """Features, fold-averaged prediction, output table and warnings of one video."""
+    def predict_arrays(
+        self,
+        feats: dict[str, np.ndarray],
+        valid: dict[str, np.ndarray],
+        times: np.ndarray | None = None,
+        spread: bool = False,
+    ) -> Any:
+        """Fold-averaged ``(T, 2)`` valence/arousal for raw (unnormalised) feature rows, smoothed and clipped.
+
+        ``times`` (s) are needed only for smoothing (default: frame index / 30). With ``spread`` also the
+        ``(T, 2)`` standard deviation of the fold models' predictions (each smoothed and clipped alike).
+        """
+        n = len(next(iter(valid.values())))
+        if n == 0:
+            empty = np.zeros((0, 2), np.float32)
+            return (empty, empty) if spread else empty
+        t = np.arange(n) / 30.0 if times is None else times
+        mean, sd = ensemble(self._fold_predictions(feats, valid), t, self.smooth)
+        return (mean, sd) if spread else mean
+
+    def predict_file(
+        self, path: str | Path, subject: Subject | None = None, faces: Faces = "one"
+    ) -> Prediction:
+        """Features, fold-averaged prediction, output table and warnings of one video (one subject, or every
+        person with ``faces="all"``)."""
         start = time.perf_counter()
-        vf = self.extract(path, subject=subject)
+        vf = self.extract(path, subject=subject, faces=faces)
         t0 = time.perf_counter()
-        pred = self.predict_arrays(vf.feats, vf.valid, vf.times)
+        parts = []
+        for k, rows in enumerate(vf.people):
+            mean, sd = self.predict_arrays(*vf.inputs(k), vf.times, spread=True)
+            parts.append(person_table(vf, rows, mean, sd, faces))
         vf.timings["fuse"] = time.perf_counter() - t0
         vf.timings["total"] = time.perf_counter() - start
         raised: list[tuple[str, type[PredictionWarning]]] = [(m, AudioWarning) for m in vf.warnings]
@@ -324,25 +345,17 @@ class Predictor:
             raised.append((fps, FpsWarning))
         for msg, category in raised:
             warnings.warn(msg, category, stacklevel=2)
-        table = pd.DataFrame(
-            {
-                "frame": np.arange(1, vf.length + 1, dtype=np.int64),
-                "time": vf.times,
-                "valence": pred[:, 0],
-                "arousal": pred[:, 1],
-                "face": vf.face.astype(np.int8),
-            },
-            columns=COLUMNS,
-        )
         folds = [m.fold for m in self.bundle.folds]
-        prediction = Prediction(table, vf, folds, [m for m, _ in raised], self.bundle.caption)
+        table = prediction_table(parts, faces)
+        prediction = Prediction(table, vf, folds, [m for m, _ in raised], self.bundle.caption, faces)
         if self.hook is not None:
             self.hook("prediction", prediction, file=vf.path)
         return prediction
 
-    def predict(self, path: str | Path, subject: Subject | None = None) -> pd.DataFrame:
-        """``frame,time,valence,arousal,face`` for every decoded frame of ``path``."""
-        return self.predict_file(path, subject=subject).table
+    def predict(self, path: str | Path, subject: Subject | None = None, faces: Faces = "one") -> pd.DataFrame:
+        """The prediction table of ``path`` (:mod:`vafusion.inference.tables`): one row per decoded frame, or
+        with ``faces="all"`` one row per person and frame."""
+        return self.predict_file(path, subject=subject, faces=faces).table
 
     def _fps_warning(self, vf: VideoFeatures) -> str | None:
         if not self.train_fps or vf.length < 2:

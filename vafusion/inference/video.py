@@ -18,18 +18,18 @@ output marks them ``face = 0``. A video without audio is predicted from the face
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from vafusion.errors import MediaError
-from vafusion.face.detect import Box
+from vafusion.face.align import FaceAligner
+from vafusion.face.detect import Box, FaceDetector
 from vafusion.face.track import FaceTrack, Subject
 from vafusion.features.audio_stream import AudioFeatures, stream_audio_features
 from vafusion.features.timing import StrideAnchors, fill_between_anchors
@@ -39,18 +39,50 @@ Progress = Callable[[int, int | None], None]
 """``progress(frames_done, frames_total)``, called as frames are processed."""
 
 
+class Follower(Protocol):
+    """Finds faces frame by frame: ``step(frame) -> {person: box}``, with the detector it uses."""
+
+    detector: FaceDetector
+
+    def step(self, frame: np.ndarray) -> dict[int, Box]: ...
+
+
+class OneFace:
+    """A :class:`FaceTrack` (one subject) as a :class:`Follower` whose one person is number 0."""
+
+    def __init__(self, track: FaceTrack) -> None:
+        self.track, self.detector = track, track.detector
+
+    def step(self, frame: np.ndarray) -> dict[int, Box]:
+        """``{0: box}`` where the subject's face is found, else ``{}``."""
+        box = self.track.step(frame, align=False).box
+        return {} if box is None else {0: box}
+
+
+@dataclass
+class FaceRows:
+    """One person's face through a video: where it was found, its box, and its rows of each face stream."""
+
+    person: int
+    face: np.ndarray  # (T,) bool
+    boxes: np.ndarray  # (T, 4) float32 left, top, right, bottom; NaN without a face
+    feats: dict[str, np.ndarray]  # face role -> (T, D) float32
+    valid: dict[str, np.ndarray]  # face role -> (T,) bool
+
+
 @dataclass
 class VideoFeatures:
-    """Per-frame inputs of the model for one video, plus what the passes found and how long they took."""
+    """Per-frame inputs of the model for one video (each person's face rows and the shared audio rows),
+    plus what the passes found and how long they took. ``face``, ``boxes``, ``feats`` and ``valid`` are
+    those of the first person (the one subject of ``--faces one``), with the audio streams."""
 
     path: Path
     info: VideoInfo
     times: np.ndarray  # (T,) float64 s from the first frame
-    face: np.ndarray  # (T,) bool
-    boxes: np.ndarray  # (T, 4) float32 left, top, right, bottom; NaN without a face
-    feats: dict[str, np.ndarray]  # role -> (T, D) float32
-    valid: dict[str, np.ndarray]  # role -> (T,) bool
-    audio_seconds: float | None  # None: no audio track
+    people: list[FaceRows]
+    audio_feats: dict[str, np.ndarray] = field(default_factory=dict)  # audio role -> (T, D) float32
+    audio_valid: dict[str, np.ndarray] = field(default_factory=dict)  # audio role -> (T,) bool
+    audio_seconds: float | None = None  # None: no audio track
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
@@ -66,24 +98,48 @@ class VideoFeatures:
             return (self.length - 1) / float(self.times[-1] - self.times[0])
         return float(self.info.fps)
 
+    def inputs(self, k: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The model's inputs for person ``k`` of :attr:`people`: their face rows and the audio rows."""
+        face = self.people[k] if self.people else None
+        return (
+            {**(face.feats if face else {}), **self.audio_feats},
+            {**(face.valid if face else {}), **self.audio_valid},
+        )
+
+    @property
+    def face(self) -> np.ndarray:
+        return self.people[0].face if self.people else np.zeros(self.length, bool)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        return self.people[0].boxes if self.people else np.full((self.length, 4), np.nan, np.float32)
+
+    @property
+    def feats(self) -> dict[str, np.ndarray]:
+        return self.inputs(0)[0]
+
+    @property
+    def valid(self) -> dict[str, np.ndarray]:
+        return self.inputs(0)[1]
+
 
 class CropEncoder:
     """Aligns the faces it is given and encodes them in batches with every face extractor of the model."""
 
-    def __init__(self, track: FaceTrack, extractors: dict[str, Any], batch: int) -> None:
-        self.track, self.extractors, self.batch = track, extractors, max(1, batch)
-        self.rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in extractors}
+    def __init__(self, aligner: FaceAligner, extractors: dict[str, Any], batch: int) -> None:
+        self.aligner, self.extractors, self.batch = aligner, extractors, max(1, batch)
+        self.rows: dict[str, dict[int, list[tuple[np.ndarray, np.ndarray]]]] = {n: {} for n in extractors}
         self.seconds = 0.0
-        self._index: list[int] = []
+        self._items: list[tuple[int, int]] = []
         self._crops: list[np.ndarray] = []
 
-    def add(self, item: tuple[int, np.ndarray, Box]) -> None:
-        """Align the face ``(frame index, image, box)``; encode when a batch is full."""
+    def add(self, item: tuple[int, int, np.ndarray, Box]) -> None:
+        """Align the face ``(person, frame index, image, box)``; encode when a batch is full."""
         if not self.extractors:
             return
-        index, image, box = item
-        crop, _ = self.track.aligner.align(image, box)
-        self._index.append(index)
+        person, index, image, box = item
+        crop, _ = self.aligner.align(image, box)
+        self._items.append((person, index))
         self._crops.append(crop)
         if len(self._crops) >= self.batch:
             self.flush()
@@ -94,18 +150,26 @@ class CropEncoder:
             return
         t0 = time.perf_counter()
         crops = np.stack(self._crops)
+        people = np.asarray([p for p, _ in self._items])
+        index = np.asarray([i for _, i in self._items], np.int64)
         for name, ext in self.extractors.items():
-            self.rows[name].append((np.asarray(self._index, np.int64), ext.encode(crops)))
+            encoded = ext.encode(crops)
+            for person in np.unique(people):
+                take = people == person
+                self.rows[name].setdefault(int(person), []).append((index[take], encoded[take]))
         self.seconds += time.perf_counter() - t0
-        self._index.clear()
+        self._items.clear()
         self._crops.clear()
 
-    def features(self, name: str, dim: int, face: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(T, dim)`` rows and validity of extractor ``name``; faces between encoded ones interpolated."""
+    def features(
+        self, name: str, dim: int, person: int, face: np.ndarray, stride: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(T, dim)`` rows and validity of ``person`` for extractor ``name``; faces between encoded ones
+        interpolated."""
         n = len(face)
         f = np.zeros((n, dim), np.float32)
         v = np.zeros(n, bool)
-        for idx, x in self.rows[name]:
+        for idx, x in self.rows[name].get(person, []):
             f[idx] = x
             v[idx] = True
         bad = ~np.isfinite(f).all(axis=1)
@@ -118,43 +182,69 @@ class CropEncoder:
 
 @dataclass
 class FacePass:
-    """What the face pass found: frame times, the subject's boxes and the encoder's rows."""
+    """What the face pass found: frame times, each person's boxes and the encoder's rows."""
 
     times: np.ndarray
-    boxes: np.ndarray
+    boxes: dict[int, np.ndarray]  # person -> (T, 4), NaN without a face
     encoder: CropEncoder
     timings: dict[str, float]
 
-    @property
-    def face(self) -> np.ndarray:
-        """``(T,)`` bool: frames where the subject's face was found."""
-        return np.isfinite(self.boxes[:, 0])
+    def rows(self, roles: dict[str, Any], stride: int) -> list[FaceRows]:
+        """Every person's :class:`FaceRows` (``roles``: face role -> its extractor), by person number; at
+        least person 0."""
+        out = []
+        n = len(self.times)
+        for person in sorted(self.boxes) or [0]:  # nobody found: person 0 without a face in any frame
+            boxes = self.boxes.get(person, np.full((n, 4), np.nan, np.float32))
+            found = np.isfinite(boxes[:, 0])
+            feats, valid = {}, {}
+            for role, ext in roles.items():
+                feats[role], valid[role] = self.encoder.features(ext.name, ext.dim, person, found, stride)
+            face = found & np.logical_and.reduce(list(valid.values())) if valid else found
+            boxes = np.where(face[:, None], boxes, np.nan).astype(np.float32)
+            out.append(FaceRows(person, face, boxes, feats, valid))
+        return out
 
-    def streams(
-        self, roles: dict[str, Any], stride: int
-    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Rows and validity of each face stream (``roles``: role -> its extractor)."""
-        feats, valid = {}, {}
-        for role, ext in roles.items():
-            feats[role], valid[role] = self.encoder.features(ext.name, ext.dim, self.face, stride)
-        return feats, valid
+
+class _Boxes:
+    """Each person's box per frame, grown as frames come (a person found late has NaN rows before)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.seen: dict[int, list[tuple[int, Box]]] = {}
+
+    def add(self, found: dict[int, Box]) -> None:
+        for person, box in found.items():
+            self.seen.setdefault(person, []).append((self.frames, box))
+        self.frames += 1
+
+    def arrays(self) -> dict[int, np.ndarray]:
+        out = {}
+        for person, rows in self.seen.items():
+            a = np.full((self.frames, 4), np.nan, np.float32)
+            for i, box in rows:
+                a[i] = box
+            out[person] = a
+        return out
 
 
 def face_pass(
     path: Path,
     info: VideoInfo,
-    track: FaceTrack,
+    follower: Follower,
+    aligner: FaceAligner,
     extractors: dict[str, Any],
     stride: int,
     batch: int,
     progress: Progress | None = None,
 ) -> FacePass:
-    """Decode ``path``, find the subject in every frame and encode the faces the stride selects."""
-    encoder = CropEncoder(track, extractors, batch)
-    select: StrideAnchors[tuple[int, np.ndarray, Box]] = StrideAnchors(max(1, stride))
-    detect0, align0 = track.detector.seconds, track.aligner.seconds
+    """Decode ``path``, find the faces in every frame and encode, for each person, the ones the stride
+    selects (every k-th face of each of their runs of frames with a face, and the run's last)."""
+    encoder = CropEncoder(aligner, extractors, batch)
+    select: dict[int, StrideAnchors[tuple[int, int, np.ndarray, Box]]] = {}
+    detect0, align0 = follower.detector.seconds, aligner.seconds
     decode = step = 0.0
-    times, boxes = array("d"), array("f")
+    times, boxes = array("d"), _Boxes()
     frames = read_ahead(iter_frames(path))  # decoding runs in a thread, beside detection and tracking
     try:
         while True:
@@ -164,16 +254,21 @@ def face_pass(
             decode += t1 - t0
             if frame is None:
                 break
-            found = track.step(frame.image, align=False)
+            found = follower.step(frame.image)
             step += time.perf_counter() - t1
             times.append(frame.time)
-            boxes.extend(found.box if found.box is not None else (math.nan,) * 4)
-            for item in select.push((frame.index, frame.image, found.box), found.box is not None):
-                encoder.add(item)
+            boxes.add(found)
+            for person in found.keys() | select.keys():
+                item = (person, frame.index, frame.image, found.get(person))
+                for chosen in select.setdefault(person, StrideAnchors(max(1, stride))).push(
+                    item, person in found
+                ):
+                    encoder.add(chosen)
             if progress is not None:
                 progress(len(times), info.n_frames)
-        for item in select.finish():
-            encoder.add(item)
+        for anchors in select.values():
+            for chosen in anchors.finish():
+                encoder.add(chosen)
     finally:
         frames.close()
     encoder.flush()
@@ -181,7 +276,7 @@ def face_pass(
     times_np = np.frombuffer(times, np.float64).copy()
     if n:  # constant frame rate: the nominal grid (i / fps), as `vafusion extract` uses for the audio rows
         times_np = row_times(dataclasses.replace(info, times=times_np), n)
-    detect, align = track.detector.seconds - detect0, track.aligner.seconds - align0
+    detect, align = follower.detector.seconds - detect0, aligner.seconds - align0
     timings = {
         "video_decode": decode,
         "detect": detect,
@@ -189,7 +284,7 @@ def face_pass(
         "align": align,
         "face_encode": encoder.seconds,
     }
-    return FacePass(times_np, np.frombuffer(boxes, np.float32).reshape(n, 4).copy(), encoder, timings)
+    return FacePass(times_np, boxes.arrays(), encoder, timings)
 
 
 def audio_pass(
@@ -223,8 +318,8 @@ def audio_pass(
         )
     for role, name in roles.items():
         k = names.index(name)
-        vf.feats[role] = np.where(got.valid[k][:, None], got.feats[k], 0.0).astype(np.float32)
-        vf.valid[role] = got.valid[k].copy()
+        vf.audio_feats[role] = np.where(got.valid[k][:, None], got.feats[k], 0.0).astype(np.float32)
+        vf.audio_valid[role] = got.valid[k].copy()
     vf.audio_seconds = got.seconds
     vf.timings.update(audio_decode=got.decode_s, audio_encode=got.encode_s)
     if not roles:

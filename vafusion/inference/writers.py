@@ -31,24 +31,60 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
 
 
-def write_plot(table: pd.DataFrame, path: str | Path, title: str = "", caption: str = "") -> None:
-    """Valence and arousal over time, frames without a face shaded grey; PNG, written atomically."""
-    t = table["time"].to_numpy()
-    no_face = table["face"].to_numpy() == 0
+def _shade_no_face(ax: plt.Axes, t: np.ndarray, no_face: np.ndarray) -> None:
     period = float(np.median(np.diff(t))) if len(t) > 1 else 1 / 30
-    fig, axes = plt.subplots(2, 1, figsize=(10, 4.8), sharex=True)
-    for ax, col, colour in zip(axes, ("valence", "arousal"), ("tab:blue", "tab:red"), strict=True):
-        for s, e in _runs(no_face):
-            ax.axvspan(t[s] - period / 2, t[e - 1] + period / 2, color="0.85", lw=0)
-        ax.plot(t, table[col].to_numpy(), color=colour, lw=1.2)
-        ax.axhline(0, color="0.5", lw=0.6)
-        ax.set_ylim(-1.05, 1.05)
-        ax.set_ylabel(col)
-        ax.grid(alpha=0.3)
-    axes[0].legend(handles=[Patch(color="0.85", label="no face found")], loc="upper right", fontsize=8)
-    axes[-1].set_xlabel("time (s)")
-    share = 100.0 * (1 - no_face.mean()) if len(no_face) else 0.0
-    fig.suptitle(f"{title}  ({len(t)} frames, face found in {share:.0f} %)".strip())
+    for s, e in _runs(no_face):
+        ax.axvspan(t[s] - period / 2, t[e - 1] + period / 2, color="0.85", lw=0)
+
+
+def _draw_series(ax: plt.Axes, rows: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """``columns`` of ``rows`` over time, each with its fold spread (+-1 SD) as a band."""
+    t = rows["time"].to_numpy()
+    _shade_no_face(ax, t, rows["face"].to_numpy() == 0)
+    for col in columns:
+        colour = "tab:blue" if col == "valence" else "tab:red"
+        y = rows[col].to_numpy()
+        if f"{col}_sd" in rows:
+            sd = rows[f"{col}_sd"].to_numpy()
+            ax.fill_between(t, y - sd, y + sd, color=colour, alpha=0.18, lw=0)
+        ax.plot(t, y, color=colour, lw=1.2, label=col)
+    ax.axhline(0, color="0.5", lw=0.6)
+    ax.set_ylim(-1.05, 1.05)
+    ax.grid(alpha=0.3)
+
+
+def _share(rows: pd.DataFrame) -> float:
+    return 100.0 * float(rows["face"].mean()) if len(rows) else 0.0
+
+
+def write_plot(table: pd.DataFrame, path: str | Path, title: str = "", caption: str = "") -> None:
+    """Valence and arousal over time with the fold models' spread as a band and frames without a face shaded
+    grey; one panel per person for a ``--faces all`` table. PNG, written atomically."""
+    people = [rows for _, rows in table.groupby("person", sort=True)] if "person" in table else []
+    if people:
+        fig, axes = plt.subplots(
+            len(people), 1, figsize=(10, 1.2 + 2.2 * len(people)), sharex=True, squeeze=False
+        )
+        for ax, rows in zip(axes[:, 0], people, strict=True):
+            _draw_series(ax, rows, ("valence", "arousal"))
+            ax.set_ylabel(f"person {int(rows['person'].iloc[0])}\n(face {_share(rows):.0f} %)")
+        frames = len(people[0])
+        what = f"{len(people)} people, {frames} frames"
+    else:
+        fig, axes = plt.subplots(2, 1, figsize=(10, 4.8), sharex=True, squeeze=False)
+        for ax, col in zip(axes[:, 0], ("valence", "arousal"), strict=True):
+            _draw_series(ax, table, (col,))
+            ax.set_ylabel(col)
+        what = f"{len(table)} frames, face found in {_share(table):.0f} %"
+    legend = [
+        Patch(color="0.85", label="no face found"),
+        Patch(color="0.75", alpha=0.5, label="fold spread (1 SD)"),
+    ]
+    if people:
+        legend = [*axes[0, 0].get_legend_handles_labels()[0], *legend]
+    axes[0, 0].legend(handles=legend, loc="upper right", fontsize=8, ncol=len(legend))
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.suptitle(f"{title}  ({what})".strip())
     if caption:
         fig.text(0.5, 0.005, caption, ha="center", va="bottom", color="tab:red", fontsize=9)
     fig.tight_layout(rect=(0, 0.04 if caption else 0, 1, 1))

@@ -1,5 +1,6 @@
 """Streaming audio: the first audio stream of a media file as overlapping mono chunks, and the encoder side
-(:func:`encode_audio`) that the synthetic corpus, the tests and the benchmarks write their tracks with.
+(:func:`encode_audio`) that the synthetic corpus, the tests and the benchmarks write their tracks with, and
+:func:`write_clip` for their short video clips.
 
 A whole hour of 44.1 kHz audio is 600 MB as float32 and several GB once a front end resamples it and
 builds its spectrogram in float64; chunks keep that bounded by the chunk length instead of the file's.
@@ -8,7 +9,7 @@ builds its spectrogram in float64; chunks keep that bounded by the chunk length 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -144,3 +145,37 @@ def iter_audio_chunks(
         lo = max(0, core - margin)
         total = buf_start + buf.size
         yield AudioChunk(buf[lo - buf_start :], rate, lo / rate, core / rate, math.inf, total / rate)
+
+
+def write_clip(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    fps: float = 25,
+    wave: np.ndarray | None = None,
+    rate: int = 16000,
+    crf: int = 18,
+) -> Path:
+    """Write RGB ``(H, W, 3)`` uint8 ``frames`` as an H.264 MP4 (quality ``crf``: 0 lossless, 18 near
+    lossless), with ``wave`` (float audio at ``rate`` Hz, see :func:`encode_audio`) as an AAC track when
+    given. Odd frame sizes are padded by one pixel (4:2:0 needs even sizes). For test and benchmark clips."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        vs.pix_fmt, vs.options = "yuv420p", {"crf": str(crf)}
+        planes = None if wave is None else np.atleast_2d(wave)
+        if planes is not None:
+            aus = out.add_stream("aac", rate=rate, layout="stereo" if len(planes) == 2 else "mono")
+        for k, img in enumerate(frames):
+            h, w = img.shape[:2]
+            if k == 0:
+                vs.width, vs.height = w + w % 2, h + h % 2
+            img = np.pad(img, ((0, vs.height - h), (0, vs.width - w), (0, 0)), mode="edge")
+            for p in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+        if planes is not None:
+            for p in encode_audio(aus, planes, rate):
+                out.mux(p)
+    return path

@@ -71,3 +71,15 @@ def cnn_detector() -> dlib.cnn_face_detection_model_v1:
         raise WeightsError(
             path, f"dlib cannot read the CNN face detector ({exc})", "reinstall face-recognition-models"
         ) from exc
+
+
+@functools.lru_cache(maxsize=1)
+def load_face_descriptor(filename: str = FACE_DESCRIPTOR) -> dlib.face_recognition_model_v1:
+    """dlib's ResNet face recognition model (128-d face descriptors)."""
+    path = model_path(filename)
+    try:
+        return dlib.face_recognition_model_v1(str(path))
+    except RuntimeError as exc:
+        raise WeightsError(
+            path, f"dlib cannot read the face recognition model ({exc})", "reinstall face-recognition-models"
+        ) from exc
