@@ -180,7 +180,7 @@ def spread(videos: int, seconds: float, seed: int) -> tuple[str, dict]:
             f"{np.median(per_video[:, 1]):+.2f}",
         ],
         [
-            "mean sd / mean |error|",
+            "mean sd / mean abs error",
             "",
             *(f"{sd_all[:, k].mean():.3f} / {err_all[:, k].mean():.3f}" for k in range(2)),
         ],

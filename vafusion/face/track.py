@@ -7,8 +7,8 @@ face costs one detection, not ``detect_every`` frames without a face.
 Re-detection looks only around the face (:meth:`FaceDetector.detect_region`, a few ms), and a lost face
 is looked for first around where it was. The whole frame is searched only without a track: the coarse
 pass on every frame (a large face is found on the frame it appears), the fine pass for small faces every
-``detect_every`` frames, and every 20 frames once 10 frames have gone by without a face, which keeps the
-cost of stretches without anyone in view near that of the coarse pass alone (docs/predict.md).
+``2 * detect_every`` frames, and every 30 frames once 10 frames have gone by without a face, which keeps the
+cost of stretches without anyone in view within 1.3x that of the coarse pass alone (docs/predict.md).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Search:
     gone by without a confirmed face."""
 
     def __init__(
-        self, detector: FaceDetector, every: int, every_idle: int = 20, idle_after: int = 10
+        self, detector: FaceDetector, every: int, every_idle: int = 30, idle_after: int = 10
     ) -> None:
         self.detector, self.every, self.every_idle, self.idle_after = detector, every, every_idle, idle_after
         self.last_fine = -(10**9)
@@ -106,7 +106,7 @@ class FaceTrack:
         self._missed = 0
         self._index = 0
         self._confirmed = False  # the track's face was found again by a re-detection around it
-        self._search = Search(self.detector, self.detect_every)
+        self._search = Search(self.detector, 2 * self.detect_every)
         self.most_faces = 0  # the most faces one full search found (to explain a subject never found)
 
     def _pick(self, boxes: list[Box]) -> Box | None:
