@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import dlib
 
@@ -18,6 +20,7 @@ SHAPE_68 = "shape_predictor_68_face_landmarks.dat"
 SHAPE_5 = "shape_predictor_5_face_landmarks.dat"
 CNN_DETECTOR = "mmod_human_face_detector.dat"
 FACE_DESCRIPTOR = "dlib_face_recognition_resnet_model_v1.dat"
+T = TypeVar("T")
 
 
 def models_dir() -> Path:
@@ -43,16 +46,22 @@ def model_path(filename: str) -> Path:
     return path
 
 
+def _load(kind: Callable[[str], T], filename: str, what: str) -> T:
+    """``kind(path)`` for one model file of face-recognition-models; a file dlib cannot read is a
+    ``WeightsError`` that names it."""
+    path = model_path(filename)
+    try:
+        return kind(str(path))
+    except RuntimeError as exc:
+        raise WeightsError(
+            path, f"dlib cannot read the {what} ({exc})", "reinstall face-recognition-models"
+        ) from exc
+
+
 @functools.lru_cache(maxsize=4)
 def load_shape_predictor(filename: str = SHAPE_68) -> dlib.shape_predictor:
     """A dlib shape predictor from face-recognition-models (68-point by default)."""
-    path = model_path(filename)
-    try:
-        return dlib.shape_predictor(str(path))
-    except RuntimeError as exc:
-        raise WeightsError(
-            path, f"dlib cannot read the shape predictor ({exc})", "reinstall face-recognition-models"
-        ) from exc
+    return _load(dlib.shape_predictor, filename, "shape predictor")
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,22 +73,10 @@ def hog_detector() -> dlib.fhog_object_detector:
 @functools.lru_cache(maxsize=1)
 def cnn_detector() -> dlib.cnn_face_detection_model_v1:
     """dlib's MMOD CNN face detector."""
-    path = model_path(CNN_DETECTOR)
-    try:
-        return dlib.cnn_face_detection_model_v1(str(path))
-    except RuntimeError as exc:
-        raise WeightsError(
-            path, f"dlib cannot read the CNN face detector ({exc})", "reinstall face-recognition-models"
-        ) from exc
+    return _load(dlib.cnn_face_detection_model_v1, CNN_DETECTOR, "CNN face detector")
 
 
 @functools.lru_cache(maxsize=1)
 def load_face_descriptor(filename: str = FACE_DESCRIPTOR) -> dlib.face_recognition_model_v1:
     """dlib's ResNet face recognition model (128-d face descriptors)."""
-    path = model_path(filename)
-    try:
-        return dlib.face_recognition_model_v1(str(path))
-    except RuntimeError as exc:
-        raise WeightsError(
-            path, f"dlib cannot read the face recognition model ({exc})", "reinstall face-recognition-models"
-        ) from exc
+    return _load(dlib.face_recognition_model_v1, filename, "face recognition model")
