@@ -101,6 +101,10 @@ class CVConfig:
     )
     eval_window: int = setting(300, AT_LEAST_1)
     eval_hop: int = setting(150, AT_LEAST_1)
+    # (model, fold) pairs trained at once, each in its own process with train.threads threads; results do
+    # not depend on it. 0 = one per CPU core (divided by train.threads; 1 on a GPU or under DDP); 1 = all
+    # in the calling process.
+    processes: int = setting(0, AT_LEAST_0)
 
     def relations(self) -> list[tuple[str, bool, str]]:
         """Evaluation windows overlap or touch; folds exist (0 = validation, 1..n_train_folds)."""

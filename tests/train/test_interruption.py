@@ -225,3 +225,65 @@ def _ckpt_epoch_safe(path: Path) -> int:
         return _ckpt_epoch(path)
     except Exception:
         return -1
+
+
+def _workers(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+def _gone(pids: list[int], timeout: float = 30) -> bool:
+    """True once none of ``pids`` runs any more (zombies count as gone)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        alive = [
+            p
+            for p in pids
+            if Path(f"/proc/{p}/stat").exists() and ") Z" not in Path(f"/proc/{p}/stat").read_text()
+        ]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the workers through /proc")
+def test_parallel_cv_interrupted_and_killed_resumes_to_the_same_results(cv_corpus):
+    """Two folds on two worker processes: Ctrl-C stops the workers too (one line, exit 130); kill -9 of
+    the command takes its workers with it; --resume then ends with the single-process results."""
+    common = ["cv", "--data", str(cv_corpus / "data"), "--features", str(cv_corpus / "feats")]
+    two_folds = ["--set", "cv.folds=[0,1]"]
+    ref_run, run = cv_corpus / "ref2", cv_corpus / "killed2"
+    assert (
+        _in_process([*common, "--out", str(ref_run), *SETTINGS, *two_folds, "--set", "cv.processes=1"]) == 0
+    )
+    settings = [*SETTINGS, *two_folds, "--set", "cv.processes=2"]
+    for attempt in range(2):
+        proc = _start([*common, "--out", str(run), *settings, *(["--resume"] if attempt else [])])
+        started, deadline = time.time(), time.time() + 120
+        while time.time() < deadline and proc.poll() is None:  # until a worker checkpoints an epoch
+            if any(p.stat().st_mtime > started for p in run.glob("work/visual/*/last.ckpt")):
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)
+        workers = _workers(proc.pid)
+        assert proc.poll() is None and len(workers) == 2, "finished before it could be interrupted"
+        if attempt == 0:
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 130 and "Traceback" not in err, err
+            assert err.strip().splitlines()[-1].startswith("vafusion: interrupted; rerun the same command")
+        else:
+            assert _kill(proc)
+        assert _gone(workers), "a worker outlived the cv command"
+        _no_partial_files(run)
+    done = _finish([*common, "--out", str(run), *settings, "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert (run / "results.csv").read_bytes() == (ref_run / "results.csv").read_bytes()
+    for fold in (0, 1):
+        got = json.loads((run / f"metrics/visual/fold{fold}.json").read_text())
+        ref = json.loads((ref_run / f"metrics/visual/fold{fold}.json").read_text())
+        assert {k: got[k] for k in ("valence", "arousal", "epochs", "best_val_P", "per_video", "job")} == {
+            k: ref[k] for k in ("valence", "arousal", "epochs", "best_val_P", "per_video", "job")
+        }
+    assert not list(run.rglob(".*.tmp*"))

@@ -78,9 +78,13 @@ def _fit_length(a: np.ndarray, n: int, fill: float | bool) -> np.ndarray:
 
 
 def load_sequence(
-    sample: Sample, feats_root: str | Path, streams: dict[str, str], roles: list[str]
+    sample: Sample, feats_root: str | Path, streams: dict[str, str], roles: list[str], mmap: bool = False
 ) -> Sequence:
-    """Read the labels and the features of ``roles`` (role -> extractor via ``streams``)."""
+    """Read the labels and the features of ``roles`` (role -> extractor via ``streams``).
+
+    ``mmap``: the features are read-only views of the files (:func:`~vafusion.features.store.read_features`),
+    read from disk only where they are used.
+    """
     if sample.annotation is not None:
         labels, label_valid = read_annotation(sample.annotation)
     else:
@@ -89,7 +93,7 @@ def load_sequence(
     fps = None
     for role in roles:
         path = feature_path(feats_root, streams[role], sample.name)
-        ff = read_features(path)
+        ff = read_features(path, mmap=mmap)
         made_by = ff.meta.get("extractor", streams[role])
         if made_by != streams[role]:
             raise VafusionError(
@@ -116,11 +120,55 @@ def load_sequence(
     return Sequence(sample.name, sample.video_id, feats, valid, labels, label_valid, prints, params, fps)
 
 
+def fit_normaliser(seqs: list[Sequence], chunk: int = 1 << 16) -> Normaliser:
+    """:meth:`Normaliser.fit` of ``seqs``, bit for bit, reading at most ``chunk`` rows at a time.
+
+    ``Normaliser.fit`` concatenates every valid row in float64 (18 GB for Aff-Wild2's visual stream);
+    here the same float64 sums run row after row over chunks (numpy sums a column in row order, and the
+    running total enters each chunk's sum as its first row), so the result is identical.
+    """
+    mean, std = {}, {}
+    for role in seqs[0].feats:
+        n, total = 0, None
+        for block in _valid_rows(seqs, role, chunk):
+            n += len(block)
+            total = _running_sum(total, block)
+        dim = seqs[0].feats[role].shape[1]
+        if n == 0:
+            mean[role], std[role] = np.zeros(dim, np.float32), np.full(dim, 1e-6, np.float32)
+            continue
+        mu, squares = total / n, None
+        for block in _valid_rows(seqs, role, chunk):
+            block -= mu
+            block *= block
+            squares = _running_sum(squares, block)
+        mean[role] = mu.astype(np.float32)
+        std[role] = np.maximum(np.sqrt(squares / n), 1e-6).astype(np.float32)
+    return Normaliser(mean, std)
+
+
+def _valid_rows(seqs: list[Sequence], role: str, chunk: int) -> Iterator[np.ndarray]:
+    """The valid rows of ``role`` over ``seqs`` in order, as float64 blocks of at most ``chunk`` rows."""
+    for s in seqs:
+        x, v = s.feats[role], s.valid[role]
+        for i in range(0, len(x), chunk):
+            rows = np.asarray(x[i : i + chunk])[np.asarray(v[i : i + chunk])]
+            if len(rows):
+                yield rows.astype(np.float64)
+
+
+def _running_sum(total: np.ndarray | None, block: np.ndarray) -> np.ndarray:
+    """Column sums of ``block`` continued from ``total`` in the same order as one sum over all rows."""
+    return block.sum(0) if total is None else np.concatenate([total[None], block]).sum(0)
+
+
 class WindowDataset(Dataset):
     """Fixed-length windows of normalised sequences, padded with invalid frames.
 
     In training, ``branch_dropout`` hides a whole stream of a window (as if the video had no audio or no
     face) and ``frame_dropout`` hides random face frames, so the model learns to cope with both.
+    With ``norm`` the sequences are raw (e.g. memory-mapped) and each window is normalised when it is
+    cut, to the values a window of the normalised sequence holds (no normalised copy of the data).
     """
 
     def __init__(
@@ -132,8 +180,9 @@ class WindowDataset(Dataset):
         branch_dropout: float = 0.0,
         frame_dropout: float = 0.0,
         seed: int = 0,
+        norm: Normaliser | None = None,
     ) -> None:
-        self.seqs, self.window, self.train = seqs, window, train
+        self.seqs, self.window, self.train, self.norm = seqs, window, train, norm
         self.index = [(i, s) for i, seq in enumerate(seqs) for s in window_starts(seq.length, window, hop)]
         self.branch_dropout, self.frame_dropout = branch_dropout, frame_dropout
         self.seed = seed
@@ -157,6 +206,8 @@ class WindowDataset(Dataset):
 
         feats = {r: cut(x, 0.0) for r, x in seq.feats.items()}
         valid = {r: cut(v, False) for r, v in seq.valid.items()}
+        if self.norm is not None:  # before the augmentation below, which hides frames but keeps their values
+            feats = self.norm.apply(feats, valid)
         if self.train and (self.branch_dropout > 0 or self.frame_dropout > 0):
             rng = np.random.default_rng((self.seed, epoch, k))
             roles = list(valid)

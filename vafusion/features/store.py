@@ -3,14 +3,21 @@
 ``FEATS/<extractor>/<sample>.npz`` holds ``features (T, D) float32``, ``valid (T,) bool`` (frame has a
 face / audio), ``times (T,) float64`` seconds and ``meta`` (JSON: extractor, params, weights hash, fps).
 Row i belongs to annotation line i, i.e. video frame i (1-based), at time (i - 1) / fps.
+
+The files are uncompressed zips, so ``read_features(path, mmap=True)`` maps their arrays straight from
+the file instead of reading them: training on Aff-Wild2 (2.7 M frames, 8.3 GB of float32 features) then
+holds only the pages it touches, shared by every process and fold through the page cache, and nothing
+is converted or copied on disk.
 """
 
 from __future__ import annotations
 
 import json
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -63,14 +70,21 @@ def write_features(
     return {"nonfinite_rows": int(bad.sum())}
 
 
-def read_features(path: str | Path) -> FeatureFile:
-    """Load one feature file; a missing or unreadable file names the command that makes it."""
+def read_features(path: str | Path, mmap: bool = False) -> FeatureFile:
+    """Load one feature file; a missing or unreadable file names the command that makes it.
+
+    ``mmap``: map ``features``, ``valid`` and ``times`` read-only from the file (the same rows, nothing read
+    until used); arrays stored compressed are read as usual.
+    """
     path = Path(path)
     if not path.is_file():
         raise VafusionError(path, "feature file missing", "run `vafusion extract` for this dataset first")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            ff = FeatureFile(z["features"], z["valid"], z["times"], json.loads(str(z["meta"])))
+        if mmap:
+            ff = _map_features(path)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                ff = FeatureFile(z["features"], z["valid"], z["times"], json.loads(str(z["meta"])))
     except _UNREADABLE as exc:
         raise VafusionError(
             path,
@@ -83,11 +97,48 @@ def read_features(path: str | Path) -> FeatureFile:
             f"feature file has shape {ff.features.shape} and {ff.valid.shape[0]} flags",
             "delete it and rerun `vafusion extract`",
         )
-    bad = ~np.isfinite(ff.features).all(axis=1)
-    if bad.any():
-        ff.features = np.where(bad[:, None], 0.0, ff.features).astype(np.float32)
-        ff.valid = ff.valid & ~bad
+    if not (mmap and "nonfinite_rows" in ff.meta):  # write_features already zeroed and flagged those rows
+        bad = ~np.isfinite(ff.features).all(axis=1)
+        if bad.any():
+            ff.features = np.where(bad[:, None], 0.0, ff.features).astype(np.float32)
+            ff.valid = ff.valid & ~bad
     return ff
+
+
+def _map_features(path: Path) -> FeatureFile:
+    """The arrays of an ``.npz``, mapped from the file where they are stored uncompressed."""
+    with zipfile.ZipFile(path) as z, open(path, "rb") as fh:
+        meta = json.loads(str(np.load(z.open("meta.npy"), allow_pickle=False)))
+        arrays = {}
+        for key in ("features", "valid", "times"):
+            info = z.getinfo(f"{key}.npy")
+            mapped = _map_member(path, fh, info)
+            arrays[key] = mapped if mapped is not None else np.load(z.open(info), allow_pickle=False)
+    return FeatureFile(arrays["features"], arrays["valid"], arrays["times"], meta)
+
+
+def _map_member(path: Path, fh: BinaryIO, info: zipfile.ZipInfo) -> np.ndarray | None:
+    """A stored (uncompressed) ``.npy`` member of the zip ``fh``, memory-mapped read-only; ``None`` when
+    it is compressed, encrypted or of a format version that cannot be mapped."""
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
+        return None
+    fh.seek(info.header_offset)
+    head = fh.read(30)
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        raise ValueError(f"bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", head[26:30])
+    fh.seek(info.header_offset + 30 + name_len + extra_len)
+    version = np.lib.format.read_magic(fh)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        return None
+    shape, fortran, dtype = readers[version](fh)
+    if dtype.hasobject:
+        raise ValueError(f"{info.filename} holds Python objects")
+    if 0 in shape or not shape:
+        return None
+    order = "F" if fortran else "C"
+    return np.memmap(path, dtype=dtype, mode="r", offset=fh.tell(), shape=shape, order=order)
 
 
 def read_meta(path: Path) -> dict | None:

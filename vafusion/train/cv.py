@@ -10,6 +10,9 @@ Run layout (everything later commands read)::
     RUN/results.csv  RUN/report.md  RUN/*.png
 
 A finished (model, fold) is skipped on rerun, so an interrupted ``cv`` continues where it stopped.
+Pairs run ``cv.processes`` at a time, each in its own process (:mod:`vafusion.train.parallel`), with the
+results a single process gives. Features are memory-mapped from the store: every process and fold reads
+the same pages, and no process holds the whole corpus in memory.
 """
 
 from __future__ import annotations
@@ -33,17 +36,18 @@ from vafusion.data.synth import MANIFEST as SYNTH_MANIFEST
 from vafusion.errors import VafusionError
 from vafusion.features.store import feature_path
 from vafusion.io.atomic import atomic_path, write_json, write_text
-from vafusion.metrics import ccc
 from vafusion.models.checkpoint import Checkpoint
 from vafusion.models.registry import ROLES, model_entry, model_names
-from vafusion.models.windows import sliding_predict
 from vafusion.train.fit import fit
+from vafusion.train.parallel import Job, portable, process_count, rebuilt, run_parallel
+from vafusion.train.scoring import evaluate, results_table
 from vafusion.weights import load_checkpoint, save_checkpoint
 
 MODELS = tuple(model_names(trainable=True))
 """What ``vafusion cv`` trains: the paper's fusion model and its three single-stream models."""
 # Settings that change where and how fast training runs, not what it computes: left out of the job key.
 RUNTIME_KEYS = ("num_workers", "accelerator", "devices", "num_nodes", "strategy", "threads")
+__all__ = ["MODELS", "CrossValidation", "evaluate", "inner_split", "results_table", "roles_of"]
 
 
 def roles_of(model: str) -> list[str]:
@@ -61,44 +65,6 @@ def inner_split(seqs: list[Sequence], fraction: float, seed: int) -> tuple[list[
     n_val = max(1, int(round(fraction * len(videos)))) if len(videos) > 1 else 0
     held = set(videos[:n_val])
     return [s for s in seqs if s.video_id not in held], [s for s in seqs if s.video_id in held] or seqs
-
-
-def evaluate(net, norm, seqs: list[Sequence], window: int, hop: int) -> tuple[dict, pd.DataFrame]:
-    """CCC over all valid frames of ``seqs`` concatenated, per-video CCC, and the per-frame table."""
-    frames, per_video = [], []
-    for s in seqs:
-        normed = s.normalised(norm)
-        pred = sliding_predict(net, normed.feats, normed.valid, window, hop)
-        frames.append(
-            pd.DataFrame(
-                {
-                    "name": s.name,
-                    "frame": np.arange(1, s.length + 1),
-                    "valence": pred[:, 0],
-                    "arousal": pred[:, 1],
-                    "label_valence": s.labels[:, 0],
-                    "label_arousal": s.labels[:, 1],
-                    "valid": s.label_valid,
-                }
-            )
-        )
-        m = s.label_valid
-        if m.sum() > 1:
-            v, a = ccc(pred[m, 0], s.labels[m, 0]), ccc(pred[m, 1], s.labels[m, 1])
-            per_video.append(
-                {"name": s.name, "frames": int(m.sum()), "valence": v, "arousal": a, "mean": (v + a) / 2}
-            )
-    table = pd.concat(frames, ignore_index=True)
-    ok = table["valid"].to_numpy()
-    v = ccc(table["valence"].to_numpy()[ok], table["label_valence"].to_numpy()[ok])
-    a = ccc(table["arousal"].to_numpy()[ok], table["label_arousal"].to_numpy()[ok])
-    return {
-        "valence": v,
-        "arousal": a,
-        "mean": (v + a) / 2,
-        "frames": int(ok.sum()),
-        "per_video": per_video,
-    }, table
 
 
 class CrossValidation:
@@ -123,13 +89,23 @@ class CrossValidation:
         self.synthetic = (self.corpus.root / SYNTH_MANIFEST).is_file()
         self.failed: dict[str, VafusionError] = {}
 
+    def __getstate__(self) -> dict:
+        """What a worker process gets: everything but the loaded sequences (it maps its own), with the
+        left-out samples' errors as plain values."""
+        state = dict(self.__dict__, _cache={}, progress=False)
+        state["failed"] = {n: portable(e) for n, e in self.failed.items()}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, failed={n: rebuilt(*e) for n, e in state["failed"].items()})
+
     def sequences(self, names: list[str]) -> list[Sequence]:
         """Load (once) the sequences of ``names`` with every stream."""
         by_name = self.corpus.by_name()
         out = []
         for n in names:
             if n not in self._cache:
-                self._cache[n] = load_sequence(by_name[n], self.feats, self.streams, list(ROLES))
+                self._cache[n] = load_sequence(by_name[n], self.feats, self.streams, list(ROLES), mmap=True)
             out.append(self._cache[n])
         return out
 
@@ -261,6 +237,12 @@ class CrossValidation:
             init.update({k: v for k, v in net_r.state_dict().items() if k.startswith("branches.")})
         return cfg, stage.lr_scale, init
 
+    def finished(self, model: str, fold: int) -> dict | None:
+        """The stored result of ``model`` on ``fold`` if it is finished and still current, else ``None``."""
+        train_names, test_names = self.split(fold)
+        job = self.job_key(model, fold, roles_of(model), train_names, test_names)
+        return self._finished(self.paths(model, fold), job)
+
     def run_one(self, model: str, fold: int, report: bool) -> dict:
         """Train ``model`` on every fold but ``fold`` and score it on ``fold`` (skipped if already done)."""
         p = self.paths(model, fold)
@@ -355,41 +337,39 @@ class CrossValidation:
             self.split(fold)  # an empty fold stops the run here, before any training
         order = sorted(models, key=lambda m: (m == "fusion", MODELS.index(m)))
         jobs = [(m, f) for f in folds for m in order]
-        bar = tqdm(jobs, desc="cv", unit="model", disable=not self.progress, dynamic_ncols=True)
-        rows = []
-        for m, f in bar:
-            bar.set_postfix_str(f"{m} fold {f}")
-            r = self.run_one(m, f, report=True)
-            rows.append(
-                {
-                    "model": m,
-                    "fold": str(f),
-                    "valence": r["valence"],
-                    "arousal": r["arousal"],
-                    "mean": r["mean"],
-                }
-            )
+        results = self._run_jobs(jobs)
+        rows = [
+            {"model": m, "fold": str(f), **{k: results[m, f][k] for k in ("valence", "arousal", "mean")}}
+            for m, f in jobs
+        ]
         return results_table(rows, models)
 
+    def _run_jobs(self, jobs: list[Job]) -> dict[Job, dict]:
+        """Every job's result: finished ones read back, the others trained here or on worker processes."""
+        bar = tqdm(total=len(jobs), desc="cv", unit="model", disable=not self.progress, dynamic_ncols=True)
+        results = {j: r for j in jobs if (r := self.finished(*j)) is not None}
+        todo = [j for j in jobs if j not in results]
+        bar.update(len(results))
+        processes = process_count(self.cfg, len(todo))
+        with bar:
+            if processes == 1:
+                for m, f in todo:
+                    bar.set_postfix_str(f"{m} fold {f}")
+                    results[m, f] = self.run_one(m, f, report=True)
+                    bar.update()
+                return results
 
-def results_table(rows: list[dict], models: list[str]) -> pd.DataFrame:
-    """``model,fold,valence,arousal,mean`` with folds 0-5 and a ``mean`` row per model."""
-    df = pd.DataFrame(rows, columns=["model", "fold", "valence", "arousal", "mean"])
-    out = []
-    for m in models:
-        part = df[df["model"] == m]
-        out.append(part)
-        out.append(
-            pd.DataFrame(
-                [
-                    {
-                        "model": m,
-                        "fold": "mean",
-                        "valence": part["valence"].mean(),
-                        "arousal": part["arousal"].mean(),
-                        "mean": part["mean"].mean(),
-                    }
-                ]
-            )
-        )
-    return pd.concat(out, ignore_index=True)
+            def done(job: Job, running: list[Job]) -> None:
+                bar.set_postfix_str(", ".join(f"{m} fold {f}" for m, f in running))
+                bar.update()
+
+            needs = {j: self._needs(j, todo) for j in todo}
+            results.update(run_parallel(self, todo, needs, processes, done))
+        return results
+
+    def _needs(self, job: Job, todo: list[Job]) -> set[Job]:
+        """The jobs of ``todo`` that ``job`` starts from: a fusion model's branches of the same fold."""
+        model, fold = job
+        if model != "fusion" or self.cfg.fusion_stage.init != "branches":
+            return set()
+        return {(r, fold) for r in roles_of(model)} & set(todo)

@@ -17,7 +17,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
 from vafusion.config import Config, TrainConfig
-from vafusion.data.sequence import EpochSampler, Sequence, WindowDataset
+from vafusion.data.sequence import EpochSampler, Sequence, WindowDataset, fit_normaliser
 from vafusion.errors import VafusionError
 from vafusion.io.atomic import atomic_path, clean_stale_temps
 from vafusion.models.fusion import FusionNet
@@ -91,9 +91,10 @@ def check_strategy(strategy: str) -> None:
 
 
 def _loaders(
-    train: list[Sequence], val: list[Sequence], t: TrainConfig, seed: int
+    train: list[Sequence], val: list[Sequence], t: TrainConfig, seed: int, norm: Normaliser
 ) -> tuple[WindowDataset, EpochSampler, DataLoader, DataLoader]:
-    """Training windows (augmented, in a seeded order per epoch) and validation windows."""
+    """Training windows (augmented, in a seeded order per epoch) and validation windows, each normalised
+    by ``norm`` as it is cut (the sequences may be memory-mapped: no normalised copy is held)."""
     ds_train = WindowDataset(
         train,
         t.window,
@@ -102,8 +103,9 @@ def _loaders(
         branch_dropout=t.branch_dropout,
         frame_dropout=t.frame_dropout,
         seed=seed,
+        norm=norm,
     )
-    ds_val = WindowDataset(val, t.window, t.window)
+    ds_val = WindowDataset(val, t.window, t.window, norm=norm)
     order = EpochSampler(len(ds_train), seed)
     dl_train = DataLoader(
         ds_train, batch_size=t.batch_size, sampler=order, collate_fn=_collate, num_workers=t.num_workers
@@ -114,7 +116,9 @@ def _loaders(
     return ds_train, order, dl_train, dl_val
 
 
-def _trainer(t: TrainConfig, work: Path, progress: bool) -> tuple[L.Trainer, ModelCheckpoint]:
+def _trainer(
+    t: TrainConfig, work: Path, progress: bool, extra: list[L.Callback]
+) -> tuple[L.Trainer, ModelCheckpoint]:
     """A deterministic Lightning trainer that keeps the best epoch by validation P and stops early."""
     ckpt = ModelCheckpoint(
         dirpath=work,
@@ -132,7 +136,7 @@ def _trainer(t: TrainConfig, work: Path, progress: bool) -> tuple[L.Trainer, Mod
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,
-        callbacks=[ckpt, stop],
+        callbacks=[ckpt, stop, *extra],
         logger=CSVLogger(work, name="", version=""),
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,
@@ -155,30 +159,30 @@ def fit(
     lr_scale: float = 1.0,
     resume: bool = False,
     progress: bool = False,
+    callbacks: list[L.Callback] | None = None,
 ) -> tuple[FusionNet, Normaliser, dict]:
     """Fit the registered ``model`` (widths from ``cfg.model``) on normalised windows of ``train``;
     early-stop on CCC of ``val``.
 
     Returns the best network (by validation P), the normaliser fitted on ``train`` and training facts.
-    ``resume`` continues from ``work/last.ckpt`` when a previous run was interrupted.
+    ``resume`` continues from ``work/last.ckpt`` when a previous run was interrupted; ``callbacks`` are
+    added to Lightning's (timers in ``benchmarks/scale.py``).
     """
     check_strategy(cfg.train.strategy)
     quiet_lightning()
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(seed, workers=True, verbose=False)
-    norm = Normaliser.fit(train)
+    norm = fit_normaliser(train)
     dims = {r: train[0].feats[r].shape[1] for r in model_entry(model).roles}
     net = create_model(model, dims=dims, **dataclasses.asdict(cfg.model))
     if init:
         net.load_state_dict(init, strict=False)
     t = cfg.train
-    ds_train, order, dl_train, dl_val = _loaders(
-        [s.normalised(norm) for s in train], [s.normalised(norm) for s in val], t, seed
-    )
+    ds_train, order, dl_train, dl_val = _loaders(train, val, t, seed, norm)
     task = VATask(net, t, lr_scale, seed=seed)
     work.mkdir(parents=True, exist_ok=True)
-    trainer, ckpt = _trainer(t, work, progress)
+    trainer, ckpt = _trainer(t, work, progress, callbacks or [])
     order.epoch_of = lambda: trainer.current_epoch
     clean_stale_temps(work)
     last = work / "last.ckpt"
