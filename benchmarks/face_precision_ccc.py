@@ -3,14 +3,15 @@
 Three steps, so the expensive encoding can run on another (bigger) machine:
 
     .venv/bin/python benchmarks/face_precision_ccc.py pack --stride 3     # crops -> runs/bench_carry/crops
-    python benchmarks/face_precision_ccc.py encode --crops runs/bench_carry/crops --out DIR
+    python benchmarks/face_precision_ccc.py encode --crops runs/bench_carry/crops --out DIR [--precision int8]
     .venv/bin/python benchmarks/face_precision_ccc.py score --embeddings DIR     # needs runs/demo
 
 * pack: copies the crops that ``face_stride=k`` extraction would encode (``anchor_rows``) from the demo;
 * encode: a fixed-seed IResNet-50 (He-initialised, BatchNorm statistics fitted on 128 of those crops, as in
   ``face_encoding.py``) encodes every crop twice: the fp32 reference (the torch fp32 path, checked against
-  the plain network on one batch) and ``FaceEncoder``'s automatic path; writes ``embeddings_fp32.npz``,
-  ``embeddings_fast.npz`` and the faces/s of both over the whole set;
+  the plain network on one batch) and ``FaceEncoder``'s automatic path, or the ``--precision`` asked for
+  (int8 is calibrated on 256 other demo crops, as a user calibrates on crops of their own data); writes
+  ``embeddings_fp32.npz``, ``embeddings_fast.npz`` and the faces/s of both over the whole set;
 * score: fills the other frames by interpolation (``fill_between_anchors``), trains the visual-only model
   on fold 0 of the demo (the project's ``fit``) with the fp32 features, and reports its CCC on the held-out
   fold with fp32 and with fast features (same model: the precision's effect alone), then trains on the
@@ -60,14 +61,16 @@ def pack(stride: int, out: Path) -> int:
     return n
 
 
-def encode(crops_dir: Path, out: Path, batch: int = 64) -> dict:
-    """Embeddings of every crop under ``crops_dir`` by the fp32 reference and by the automatic path."""
+def encode(crops_dir: Path, out: Path, batch: int = 32, precision: str = "auto") -> dict:
+    """Embeddings of every crop under ``crops_dir`` by the fp32 reference and by the automatic path (or
+    ``precision``)."""
     files = sorted(crops_dir.glob("*/*.jpg"))
     names = np.array([f"{f.parent.name}/{f.stem}" for f in files])
     crops = np.stack([cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB) for f in files])
     calib, _ = demo_crops(128, folder=crops_dir)
     net = reference_net(calib)
-    fast = FaceEncoder(net, batch, key=("precision-ccc",))
+    int8_calib = demo_crops(256, seed=1)[0] if precision in ("auto", "int8") else None
+    fast = FaceEncoder(net, batch, precision, key=("precision-ccc",), calibration=int8_calib)
     fp32 = FaceEncoder(net, batch, "fp32", "torch")
     with torch.no_grad():
         plain = net(preprocess(crops[:batch])).numpy()
@@ -122,15 +125,21 @@ def _features(
     return out
 
 
-def score(emb_dir: Path, fold: int = 0) -> Section:
-    """Train and score the visual model on fold ``fold`` with fp32 and fast embeddings."""
+def score(emb_dir: Path, fold: int = 0, model: str = "visual") -> Section:
+    """Train and score ``model`` (``visual``, or ``fusion`` with the demo's audio streams) on fold ``fold``
+    with fp32 and fast embeddings as the visual stream."""
     ev = DemoEval()
     present = {n: s.valid["visual"] for n, s in ev.seqs.items()}
     sets = {k: _features(emb_dir / f"embeddings_{k}.npz", ev, present) for k in ("fp32", "fast")}
 
     def seqs(kind: str, names: list[str]):
+        keep = {} if model == "visual" else ev.seqs
         return [
-            replace(ev.seqs[n], feats={"visual": sets[kind][n][0]}, valid={"visual": sets[kind][n][1]})
+            replace(
+                ev.seqs[n],
+                feats={**(keep[n].feats if keep else {}), "visual": sets[kind][n][0]},
+                valid={**(keep[n].valid if keep else {}), "visual": sets[kind][n][1]},
+            )
             for n in names
         ]
 
@@ -138,12 +147,12 @@ def score(emb_dir: Path, fold: int = 0) -> Section:
     test = ev.folds.loc[ev.folds["fold"] == fold, "name"].tolist()
     train_names = ev.folds.loc[ev.folds["fold"] != fold, "name"].tolist()
     results, nets = {}, {}
-    work = REPO / "runs" / "bench_face_precision"
+    work = REPO / "runs" / "bench_face_precision" / model
     for kind in ("fp32", "fast"):
         tr, va = inner_split(seqs(kind, train_names), cfg.train.inner_val_fraction, cfg.cv.seed + fold)
         t0 = time.perf_counter()
         with torch_threads(1):
-            net, norm, _ = fit(tr, va, "visual", cfg, work / kind, seed=fold * 10 + 1)
+            net, norm, _ = fit(tr, va, model, cfg, work / kind, seed=fold * 10 + 1)
         nets[kind] = (net, norm, time.perf_counter() - t0)
     with torch_threads(1):
         for trained in ("fp32", "fast"):
@@ -171,12 +180,13 @@ def score(emb_dir: Path, fold: int = 0) -> Section:
         f"cosine min {enc['cos_min']:.5f} "
         f"mean {enc['cos_mean']:.5f}.",
         "",
-        f"Visual-only model, fold {fold} of `runs/demo` (trained with the project's `fit`, 1 thread):",
+        f"{model} model, fold {fold} of `runs/demo` (trained with the project's `fit`, 1 thread):",
         "",
         table(["model", "features", "CCC valence", "CCC arousal", "P"], rows),
         "",
         f"Same model, fast instead of fp32 features: **ΔP = {same:+.4f}** (the precision's own effect; goal "
-        f"|ΔP| ≤ 0.002). Retrained on fast features: ΔP = {retrained:+.4f} (includes training noise). "
+        f"|ΔP| ≤ 0.002 for bf16, ≤ 0.005 for int8). Retrained on fast features: ΔP = {retrained:+.4f} "
+        "(includes training noise). "
         f"{load_text()} when done.",
     ]
     data = {
@@ -197,18 +207,20 @@ def main() -> None:
     p = sub.add_parser("encode")
     p.add_argument("--crops", type=Path, default=CARRY)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"])
     p = sub.add_parser("score")
     p.add_argument("--embeddings", type=Path, required=True)
     p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--model", default="visual", choices=["visual", "fusion"])
     args = parser.parse_args()
     if args.cmd == "pack":
         print(f"{pack(args.stride, args.out)} crops -> {args.out}")
     elif args.cmd == "encode":
-        print(json.dumps(encode(args.crops, args.out), indent=1))
+        print(json.dumps(encode(args.crops, args.out, precision=args.precision), indent=1))
     else:
-        sec = score(args.embeddings, args.fold)
+        sec = score(args.embeddings, args.fold, args.model)
         print(sec.markdown)
-        (args.embeddings / "score.md").write_text(sec.markdown + "\n")
+        (args.embeddings / f"score_{args.model}.md").write_text(sec.markdown + "\n")
 
 
 if __name__ == "__main__":

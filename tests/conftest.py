@@ -16,6 +16,18 @@ from vafusion.inference.predictor import Predictor
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def private_user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests never read or write the user's ``~/.cache/vafusion`` (remembered face paths, int8 models)."""
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread() -> Iterator[None]:
     """A module's tests on one torch thread (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""

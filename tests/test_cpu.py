@@ -55,3 +55,47 @@ def test_torch_threads_sets_and_always_restores_the_count() -> None:
     assert torch.get_num_threads() == before
     with cpu.torch_threads(0):  # 0: leave the count as it is (Predictor(fuse_threads=0))
         assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    "env, kind",
+    [
+        ({}, "amx"),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "avx2"),
+        ({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, "avx2"),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2_VNNI"}, "avx2_vnni"),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "avx512_vnni"),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, "avx512_bf16"),
+        ({"ONEDNN_MAX_CPU_ISA": "ALL"}, "amx"),
+    ],
+)
+def test_isa_caps_in_the_environment_cap_the_flags(env: dict, kind: str) -> None:
+    _, flags = cpu.parse_cpuinfo(
+        "flags\t: avx2 avx_vnni avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8\n"
+    )
+    capped, cap = cpu.capped_flags(flags, env)
+    info = cpu.CPUInfo("Xeon", capped, "AVX512", 2, 2, cap)
+    assert cpu.cpu_kind(info) == kind and (cap != "") == bool(env)
+    assert cpu.choose_precision(info, bf16_kernels=True) == (
+        "bf16" if kind in ("amx", "avx512_bf16") else "fp32"
+    )
+
+
+def test_machine_key_and_cache_dir(monkeypatch, tmp_path) -> None:
+    info = _simulated(AVX2_ONLY)
+    key, described = cpu.machine_key(info, precision="auto", network=["iresnet50", "abc"])
+    assert described["kind"] == "avx2" and described["cpu"] == "AMD EPYC 7B12" and described["threads"] == 2
+    assert {"torch", "onnxruntime", "torch_capability"} <= set(described)
+    assert cpu.machine_key(info, precision="auto", network=["iresnet50", "abc"])[0] == key
+    assert cpu.machine_key(info, precision="fp32", network=["iresnet50", "abc"])[0] != key
+    assert (
+        cpu.machine_key(
+            cpu.CPUInfo(info.model, info.flags, "AVX2", 1, 2), precision="auto", network=["iresnet50", "abc"]
+        )[0]
+        != key
+    )
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cpu.cache_dir() == tmp_path / "vafusion"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cpu.cache_dir() == tmp_path / "home" / ".cache" / "vafusion"

@@ -23,7 +23,9 @@ import torch
 from vafusion.cpu import choose_precision, cpu_info
 from vafusion.errors import VafusionError
 from vafusion.features import egemaps
-from vafusion.features.face_encoder import FaceEncoder
+from vafusion.features.face_encoder import BACKENDS, PRECISIONS, FaceEncoder, calibration_id
+from vafusion.features.face_int8 import RECIPE as INT8_RECIPE
+from vafusion.features.face_int8 import load_calibration
 from vafusion.features.landmarks import LandmarkExtractor
 from vafusion.features.logmel import CentredExamples
 from vafusion.features.timing import resample_rows
@@ -56,11 +58,21 @@ class FeaturesConfig:
     vggish_weights: str | None = None
     vggish_pca: str | None = None
     logmel_weights: str | None = None
-    face_batch: int = setting(64, AT_LEAST_1)
+    face_batch: int = setting(32, AT_LEAST_1)
+    # face path: auto = measured once per machine and remembered (docs/performance.md); or force one
+    face_precision: str = setting("auto", one_of("auto", *PRECISIONS))
+    face_backend: str = setting("auto", one_of("auto", *BACKENDS))
+    # folder of aligned 112x112 face crops (or .npz) to calibrate int8 on; int8 needs it
+    face_calibration: str | None = None
     # encode every k-th face, interpolate the rest (CCC cost: docs/performance.md)
     face_stride: int = setting(2, AT_LEAST_1)
     # s between encoded 0.96 s log-mel patches; 0: one per frame (docs/performance.md)
     audio_hop: float = setting(0.48, NON_NEGATIVE)
+
+    def relations(self) -> list[tuple[str, bool, str]]:
+        """int8 faces need calibration crops."""
+        int8_ok = self.face_precision != "int8" or bool(self.face_calibration)
+        return [("face_precision", int8_ok, "int8 only with features.face_calibration (a folder of crops)")]
 
 
 class Extractor(Protocol):
@@ -94,31 +106,60 @@ def _sha(path: str | None) -> str | None:
 class IResNetExtractor(_Base):
     """IResNet face embeddings (paper eq. 1), 512-d, from an arcface_torch ``backbone.pth``.
 
-    Faces run on :class:`vafusion.features.face_encoder.FaceEncoder`: batched, channels-last,
-    ``inference_mode``, in the best precision this CPU runs natively (``precision="auto"``: bf16 only with
-    AVX512-BF16/AMX, else fp32) on the faster backend. The precision is part of the fingerprint; the
-    backend is picked on first use.
+    Faces run on :class:`vafusion.features.face_encoder.FaceEncoder`: batched, ``inference_mode``, on the
+    path measured fastest on this machine (remembered in the user cache): torch channels-last in the best
+    float precision the CPU runs natively (bf16 only with AVX512-BF16/AMX), ONNX Runtime fp32 where it wins
+    by 5 %, or int8 where it is 1.3x the float path and ``calibration`` crops are given. The precision
+    (and, for int8, the recipe and calibration set) enters the fingerprint; fp32 backends agree to 3e-6.
     """
 
-    def __init__(self, arch: str, weights: str, batch: int = 64, precision: str = "auto") -> None:
-        precision = choose_precision(cpu_info()) if precision == "auto" else precision
-        super().__init__(
-            "iresnet", "face", 512, {"arch": arch, "weights_sha256": _sha(weights), "precision": precision}
-        )
+    def __init__(
+        self,
+        arch: str,
+        weights: str,
+        batch: int = 32,
+        precision: str = "auto",
+        backend: str = "auto",
+        calibration: str | None = None,
+    ) -> None:
         self.net = load_iresnet(arch, weights).eval()
         self.batch = batch
+        self.backend = backend
+        self.calibration = None if calibration is None else load_calibration(calibration)
+        params = {"arch": arch, "weights_sha256": _sha(weights)}
+        self._key = (arch, params["weights_sha256"])
         self._encoder = None
+        if precision == "auto" and self.calibration is not None:  # int8 may win: measure (once per machine)
+            self._encoder = self._make_encoder("auto")
+            precision = self._encoder.precision
+        elif precision == "auto":
+            precision = choose_precision(cpu_info())
+        params["precision"] = precision
+        if precision == "int8":
+            params["int8"] = {"recipe": INT8_RECIPE, "calibration": calibration_id(self.calibration)}
+        super().__init__("iresnet", "face", 512, params)
+
+    @classmethod
+    def from_config(cls, cfg: FeaturesConfig) -> IResNetExtractor:
+        """The extractor the ``features`` settings describe (weights, batch, precision, backend,
+        calibration)."""
+        return cls(
+            cfg.iresnet_arch,
+            cfg.iresnet_weights,
+            cfg.face_batch,
+            cfg.face_precision,
+            cfg.face_backend,
+            cfg.face_calibration,
+        )
+
+    def _make_encoder(self, precision: str) -> FaceEncoder:
+        return FaceEncoder(self.net, self.batch, precision, self.backend, self._key, self.calibration)
 
     @property
-    def encoder(self):
-        """The ``FaceEncoder`` (built on first use, which times the candidate backends once per process)."""
+    def encoder(self) -> FaceEncoder:
+        """The ``FaceEncoder`` (built on first use; choosing a backend is measured once per machine)."""
         if self._encoder is None:
-            self._encoder = FaceEncoder(
-                self.net,
-                self.batch,
-                self.params["precision"],
-                key=(self.params["arch"], self.params["weights_sha256"]),
-            )
+            self._encoder = self._make_encoder(self.params["precision"])
         return self._encoder
 
     def encode(self, crops: np.ndarray) -> np.ndarray:
