@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CODE := vafusion tests benchmarks tools
 
-.PHONY: help install demo test test-fast lint format bench clean
+.PHONY: help install demo test test-fast lint format bench bench-long clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -39,8 +39,11 @@ format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format $(CODE)
 	$(BIN)/ruff check --fix $(CODE)
 
-bench: $(STAMP) ## run benchmarks/ and write benchmarks/RESULTS.md
+bench: $(STAMP) ## run benchmarks/ and write benchmarks/RESULTS.md (<= 10 min; `make demo` first)
 	$(BIN)/python benchmarks/run_all.py
+
+bench-long: $(STAMP) ## bench plus the long cases (60-min memory, whole Aff-Wild2 epoch, 8.3 GB store) -> RESULTS-long.md
+	$(BIN)/python benchmarks/run_all.py --long
 
 clean: ## remove runs and caches (keeps .venv)
 	rm -rf runs .pytest_cache .ruff_cache

@@ -1,6 +1,7 @@
 """Run every benchmark and write benchmarks/RESULTS.md (and RESULTS.json) with this machine's details.
 
-    make bench                                   # = .venv/bin/python benchmarks/run_all.py
+    make bench                                   # = .venv/bin/python benchmarks/run_all.py (<= 10 min)
+    make bench-long                              # = run_all.py --long: the long cases too (about 40 min)
     .venv/bin/python benchmarks/run_all.py --rounds 3
     .venv/bin/python benchmarks/run_all.py --only face_encoding memory
     .venv/bin/python benchmarks/run_all.py --demo --int8   # also time a fresh demo / try int8 (minutes more)
@@ -8,8 +9,11 @@
 Sections: face encoding (naive vs vafusion's way vs peak, accuracy), doing less on the face side (CCC per
 encoding stride, FaceTrack per detection stride), audio front ends (speed, CCC per hop), `predict`'s
 real-time factor by stage (demo run; IResNet-50 at face strides 1 and 2), training
-throughput and demo wall time, peak memory vs video length. Parts that need the demo run say so and are
-skipped when ``runs/demo`` is missing (``make demo`` first). A failing section is reported, the others go on.
+throughput and demo wall time, peak memory vs video length (1 and 10 min), Aff-Wild2 scale (the epoch
+timed on 150 steps). ``--long`` (``make bench-long``) adds the 60-minute memory case, the whole Aff-Wild2
+epoch and the face-finding and every-person benchmarks in full, and writes ``RESULTS-long.md`` /
+``RESULTS-long.json`` instead. Parts that need the demo run say so and are skipped when ``runs/demo`` is
+missing (``make demo`` first). A failing section is reported, the others go on.
 """
 
 from __future__ import annotations
@@ -23,9 +27,8 @@ from pathlib import Path
 
 from _common import REPO, Section, load_text, machine, machine_markdown, timed
 
-OUT_MD = Path(__file__).with_name("RESULTS.md")
-OUT_JSON = Path(__file__).with_name("RESULTS.json")
-NAMES = ("face_encoding", "face_stride", "audio", "predict_rtf", "training", "memory")
+NAMES = ("face_encoding", "face_stride", "audio", "predict_rtf", "training", "memory", "scale")
+LONG_NAMES = (*NAMES, "face_finding", "people")
 
 
 def section(name: str, args: argparse.Namespace) -> Section:
@@ -49,11 +52,24 @@ def section(name: str, args: argparse.Namespace) -> Section:
     if name == "training":
         import training
 
-        return training.run(args.rounds, args.demo)
+        return training.run(args.rounds, args.demo, quick=not args.long)
     if name == "memory":
         import memory
 
-        return memory.run((1, 10, 60), (1, 10, 60))
+        minutes = (1, 10, 60) if args.long else (1, 10)
+        return memory.run(minutes, minutes)
+    if name == "scale":
+        import scale
+
+        return scale.run(quick=not args.long)
+    if name == "face_finding":
+        import face_finding
+
+        return face_finding.run(quick=False, rounds=args.rounds)
+    if name == "people":
+        import people
+
+        return people.run(quick=False, rounds=args.rounds)
     raise ValueError(name)
 
 
@@ -62,7 +78,15 @@ def main() -> int:
     parser.add_argument(
         "--rounds", type=int, default=2, help="interleaved timing rounds per benchmark (default 2)"
     )
-    parser.add_argument("--only", nargs="+", choices=NAMES, default=list(NAMES))
+    parser.add_argument(
+        "--only", nargs="+", choices=LONG_NAMES, help="these sections only (default: all of the mode)"
+    )
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="the long cases too (60-min memory, whole Aff-Wild2 epoch, face finding, people); "
+        "writes RESULTS-long.md",
+    )
     parser.add_argument(
         "--demo", action="store_true", help="time a fresh `vafusion demo` (about 3 min on 2 idle cores)"
     )
@@ -70,6 +94,10 @@ def main() -> int:
         "--int8", action="store_true", help="also try ONNX Runtime static int8 for faces (about 2 min)"
     )
     args = parser.parse_args()
+    default = list(LONG_NAMES if args.long else NAMES)
+    args.only = args.only or default
+    out_md = Path(__file__).with_name("RESULTS-long.md" if args.long else "RESULTS.md")
+    out_json = out_md.with_suffix(".json")
     t0 = time.perf_counter()
     m = machine()
     sections, failed = [], []
@@ -83,9 +111,10 @@ def main() -> int:
         print(f"[bench] {name} done in {sec.seconds:.0f} s", file=sys.stderr, flush=True)
         sections.append(sec)
     total = time.perf_counter() - t0
+    plain = args.only == default and args.rounds == 2 and not (args.demo or args.int8)
     cmd = (
-        "make bench"
-        if args.only == list(NAMES) and args.rounds == 2 and not (args.demo or args.int8)
+        ("make bench-long" if args.long else "make bench")
+        if plain
         else "benchmarks/run_all.py " + " ".join(sys.argv[1:])
     )
     md = [
@@ -104,8 +133,8 @@ def main() -> int:
     for sec in sections:
         md += [f"## {sec.title}", "", f"_{sec.seconds:.0f} s_", "", sec.markdown, ""]
     md += [f"Load average at the end: {load_text()}.", ""]
-    OUT_MD.write_text("\n".join(md))
-    OUT_JSON.write_text(
+    out_md.write_text("\n".join(md))
+    out_json.write_text(
         json.dumps(
             {
                 "machine": m,
@@ -117,7 +146,7 @@ def main() -> int:
             default=str,
         )
     )
-    print(f"[bench] wrote {OUT_MD.relative_to(REPO)} in {total:.0f} s", file=sys.stderr)
+    print(f"[bench] wrote {out_md.relative_to(REPO)} in {total:.0f} s", file=sys.stderr)
     return 1 if failed else 0
 
 
