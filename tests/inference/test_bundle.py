@@ -30,7 +30,7 @@ def test_checkpoints_record_the_training_features(tiny) -> None:
     assert ckpt is not None and ckpt.model == "fusion" and ckpt.fold == 0
     assert set(ckpt.features) == {"visual", "vggish", "logmel"}
     assert ckpt.features["visual"]["extractor"] == "landmarks"
-    assert ckpt.features["visual"]["params"]["face_stride"] == 2 and ckpt.features["visual"]["fingerprint"]
+    assert ckpt.features["visual"]["params"]["face_stride"] == 5 and ckpt.features["visual"]["fingerprint"]
 
 
 def test_other_front_end_settings_than_in_training_are_said(tiny) -> None:

@@ -65,7 +65,7 @@ class FeaturesConfig:
     # folder of aligned 112x112 face crops (or .npz) to calibrate int8 on; int8 needs it
     face_calibration: str | None = None
     # encode every k-th face, interpolate the rest (CCC cost: docs/performance.md)
-    face_stride: int = setting(2, AT_LEAST_1)
+    face_stride: int = setting(5, AT_LEAST_1)
     # s between encoded 0.96 s log-mel patches; 0: one per frame (docs/performance.md)
     audio_hop: float = setting(0.48, NON_NEGATIVE)
 
