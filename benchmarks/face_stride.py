@@ -27,6 +27,7 @@ from vafusion.config import load_config
 from vafusion.data.affwild2 import scan
 from vafusion.data.extract import extract
 from vafusion.face.track import FaceTrack
+from vafusion.features.extractors import FeaturesConfig
 from vafusion.features.store import feature_path, read_features
 from vafusion.features.timing import anchor_rows, fill_between_anchors
 from vafusion.io.video import iter_frames
@@ -119,6 +120,9 @@ def run(quick: bool = False) -> Section:
         rows.append(row)
     ok = [k for k in STRIDES if all(scores[m][1]["P"] - scores[m][k]["P"] <= TOLERANCE for m in scores)]
     pick = max(ok)
+    default = FeaturesConfig().face_stride
+    cost = {m: scores[m][1]["P"] - scores[m][default]["P"] for m in scores} if default in STRIDES else {}
+    said = ", ".join(f"{m} {c:.4f} P" for m, c in cost.items())
     track_rows, track = tracking(90 if quick else 150)
     md = [
         f"Encoding stride, CCC on the held-out folds of `runs/demo` (mean over {len(ev.fold_ids)} folds; "
@@ -127,8 +131,9 @@ def run(quick: bool = False) -> Section:
         "",
         table(["k", "faces encoded", "fusion P", "Δ fusion", "visual P", "Δ visual"], rows),
         "",
-        f"Largest stride costing at most {TOLERANCE} P on both models: **k = {pick}** "
-        f"({load_text()} when done).",
+        f"Largest stride costing at most {TOLERANCE} P on both models: k = {pick}. The default "
+        f"`features.face_stride` = {default} costs {said or 'n/a'} (goal: at most 0.01 P, for `predict` "
+        f"faster than real time on AVX2) ({load_text()} when done).",
         "",
         f"Detection stride, `FaceTrack(detect_every=k)` on {track['frames']} frames of `{track['video']}` "
         "(decoded beforehand; crop difference vs k = 1 in grey levels):",
@@ -142,6 +147,8 @@ def run(quick: bool = False) -> Section:
         "scores": {m: {str(k): v for k, v in s.items()} for m, s in scores.items()},
         "encoded_fraction": {str(k): encoded_fraction(ev, k) for k in STRIDES},
         "pick": pick,
+        "default": default,
+        "default_cost": cost,
         "tolerance": TOLERANCE,
         "tracking": track,
     }

@@ -19,7 +19,7 @@ detector on every frame), which gives the CCC cost of the defaults' shortcuts.
 ``--video-features OUT`` writes a feature store whose face rows come from that same raw-video path
 (audio rows copied), to train a run whose face features match what ``vafusion predict`` computes:
 
-    python benchmarks/predict_robustness.py [--run runs/demo] [--seed 0] [--raw]
+    python benchmarks/predict_robustness.py [--run runs/demo] [--seed 0] [--raw [--raw-also 1/5 ...]]
     python benchmarks/predict_robustness.py --video-features /tmp/videofeat
     vafusion cv --data runs/demo/data --features /tmp/videofeat --out /tmp/run_video \\
         --folds runs/demo/folds.csv
@@ -88,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smooth", default="0.1,0.2,0.4,0.8,1.6", help="smoothing widths to try (s, comma list)")
     ap.add_argument(
         "--raw", action="store_true", help="also score the raw-video path (slow: every frame decoded)"
+    )
+    ap.add_argument(
+        "--raw-also",
+        action="append",
+        default=[],
+        metavar="K/D",
+        help="with --raw: also encode every K-th face with the detector every D-th frame (repeatable), "
+        "to separate the costs of the two strides",
     )
     ap.add_argument(
         "--video-features",
@@ -168,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     agg["folds improved"] = [(gain[w] > gain[0.0]).sum() for w in agg.index]
     print(agg.round(4).to_string())
     if args.raw:
-        raw_video(run, by_name, folds, feats)
+        raw_video(run, by_name, folds, feats, {**RAW_SETTINGS, **dict(map(raw_variant, args.raw_also))})
     return 0
 
 
@@ -223,16 +231,25 @@ RAW_SETTINGS = {
 """Raw-video variants compared by ``--raw``: feature overrides and ``detect_every``."""
 
 
-def raw_video(run: Path, by_name: dict, folds: pd.DataFrame, feats: Path) -> None:
+def raw_variant(spec: str) -> tuple[str, tuple[list[str], int]]:
+    """``--raw-also K/D``: a raw-video variant encoding every K-th face with the detector every D-th frame."""
+    k, d = (int(x) for x in spec.split("/"))
+    return f"face_stride {k}, detector every {d}", ([f"features.face_stride={k}"], d)
+
+
+def raw_video(
+    run: Path, by_name: dict, folds: pd.DataFrame, feats: Path, settings: dict = RAW_SETTINGS
+) -> None:
     """CCC of each fold model on its held-out videos through the raw-video path, with ``predict``'s default
-    settings and with every face encoded and detected, against the stored (crop-based) features."""
+    settings and with every face encoded and detected (and any other ``settings``), against the stored
+    (crop-based) features."""
     rows = []
-    seconds = dict.fromkeys(RAW_SETTINGS, 0.0)
+    seconds = dict.fromkeys(settings, 0.0)
     frames = 0
     for fold in sorted(folds["fold"].unique()):
         names = folds.loc[folds["fold"] == fold, "name"].tolist()
         row: dict = {"fold": fold}
-        for label, (overrides, detect_every) in RAW_SETTINGS.items():
+        for label, (overrides, detect_every) in settings.items():
             predictor = Predictor.from_run(
                 run, fold=int(fold), feature_overrides=overrides, detect_every=detect_every
             )
@@ -259,8 +276,9 @@ def raw_video(run: Path, by_name: dict, folds: pd.DataFrame, feats: Path) -> Non
             row[f"face found {label}"] = float(np.mean(face))
         rows.append(row)
     table = pd.DataFrame(rows)
-    labels = list(RAW_SETTINGS)
-    table["Δ defaults"] = table[f"P {labels[0]}"] - table[f"P {labels[1]}"]
+    labels = list(settings)
+    for label in labels[:1] + labels[2:]:
+        table[f"Δ {label}"] = table[f"P {label}"] - table[f"P {labels[1]}"]
     print(
         f"\nraw-video path ({frames} frames per variant; "
         + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())

@@ -8,7 +8,7 @@
 
 Sections: face encoding (naive vs vafusion's way vs peak, accuracy), doing less on the face side (CCC per
 encoding stride, FaceTrack per detection stride), audio front ends (speed, CCC per hop), `predict`'s
-real-time factor by stage (demo run; IResNet-50 at face strides 1 and 2), training
+real-time factor by stage (demo run; IResNet-50 at face stride 1 and the default), training
 throughput and demo wall time, peak memory vs video length (1 and 10 min), Aff-Wild2 scale (the epoch
 timed on 150 steps). ``--long`` (``make bench-long``) adds the 60-minute memory case, the whole Aff-Wild2
 epoch and the face-finding and every-person benchmarks in full, and writes ``RESULTS-long.md`` /
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -31,8 +32,8 @@ NAMES = ("face_encoding", "face_stride", "audio", "predict_rtf", "training", "me
 LONG_NAMES = (*NAMES, "face_finding", "people")
 
 
-def section(name: str, args: argparse.Namespace) -> Section:
-    """Run one benchmark module's ``run``."""
+def section(name: str, args: argparse.Namespace, done: dict[str, Section]) -> Section:
+    """Run one benchmark module's ``run`` (``done``: the sections already measured in this run)."""
     if name == "face_encoding":
         import face_encoding
 
@@ -48,7 +49,8 @@ def section(name: str, args: argparse.Namespace) -> Section:
     if name == "predict_rtf":
         import predict_rtf
 
-        return predict_rtf.run(args.rounds)
+        stride = done.get("face_stride")
+        return predict_rtf.run(args.rounds, stride.data if stride else None)
     if name == "training":
         import training
 
@@ -100,16 +102,17 @@ def main() -> int:
     out_json = out_md.with_suffix(".json")
     t0 = time.perf_counter()
     m = machine()
-    sections, failed = [], []
+    sections, failed, done = [], [], {}
     for name in args.only:
         print(f"[bench] {name} ... ({load_text()})", file=sys.stderr, flush=True)
         try:
-            sec = timed(lambda name=name: section(name, args))
+            sec = timed(lambda name=name: section(name, args, done))
         except Exception:  # one broken benchmark must not hide the others' figures
             failed.append(name)
             sec = Section(name, "Failed:\n\n```\n" + traceback.format_exc(limit=4) + "```")
         print(f"[bench] {name} done in {sec.seconds:.0f} s", file=sys.stderr, flush=True)
         sections.append(sec)
+        done[name] = sec
     total = time.perf_counter() - t0
     plain = args.only == default and args.rounds == 2 and not (args.demo or args.int8)
     cmd = (
@@ -117,6 +120,10 @@ def main() -> int:
         if plain
         else "benchmarks/run_all.py " + " ".join(sys.argv[1:])
     )
+    if os.environ.get("VAFUSION_CPUID"):  # run by benchmarks/avx2.py: every library saw a smaller CPU
+        cmd = f"benchmarks/avx2.py --isa {os.environ['VAFUSION_CPUID']} benchmarks/run_all.py " + " ".join(
+            sys.argv[1:]
+        )
     md = [
         "# vafusion benchmark results",
         "",
