@@ -42,6 +42,7 @@ def environment(isa: str) -> dict[str, str]:
     env["ONEDNN_MAX_CPU_ISA"] = ONEDNN[isa]
     if isa == "avx2":
         env["ATEN_CPU_CAPABILITY"] = "avx2"
+        env["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"
     return env
 
 

@@ -121,9 +121,8 @@ def main() -> int:
         else "benchmarks/run_all.py " + " ".join(sys.argv[1:])
     )
     if os.environ.get("VAFUSION_CPUID"):  # run by benchmarks/avx2.py: every library saw a smaller CPU
-        cmd = f"benchmarks/avx2.py --isa {os.environ['VAFUSION_CPUID']} benchmarks/run_all.py " + " ".join(
-            sys.argv[1:]
-        )
+        args_text = " ".join(["benchmarks/run_all.py", *sys.argv[1:]])
+        cmd = f"benchmarks/avx2.py --isa {os.environ['VAFUSION_CPUID']} {args_text}"
     md = [
         "# vafusion benchmark results",
         "",

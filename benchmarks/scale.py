@@ -14,8 +14,9 @@ normalised as they are cut) and scores it on the fold, sampling resident memory 
 loading" is the time the training loop waits between the end of one step and the start of the next
 (fetching, cutting, normalising and collating a batch, plus Lightning's own bookkeeping: an upper bound).
 ``--steps N`` stops the epoch after N training steps and scales its time to the full epoch (validation
-and scoring are skipped): the store is still mapped whole and the normaliser still reads every row, so the
-memory figures are those of the full epoch; ``make bench`` runs it so, ``make bench-long`` in full.
+runs in full; scoring the test fold is skipped): the store is still mapped whole and the normaliser still
+reads every row, so the memory figures are those of the full epoch; ``make bench`` runs it so, ``make
+bench-long`` in full.
 
 It also times one training step of each model (plain loop, batch 8 x 300 frames, one thread) on windows of
 the store, to extrapolate a whole 6-fold x 4-model ``cv`` from the measured epoch, and prints the line::
@@ -147,8 +148,7 @@ class _Timer(L.Callback):
         self._mark = time.perf_counter()
         if self.max_steps and self.steps >= self.max_steps:
             self.t["train"] = self._mark - self._epoch
-            trainer.should_stop = True
-            trainer.limit_val_batches = 0
+            trainer.should_stop = True  # Lightning still validates (early stopping needs val_P)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._val = time.perf_counter()
@@ -161,7 +161,7 @@ class _Timer(L.Callback):
 
 def measure(root: Path, model: str, overrides: list[str], max_steps: int = 0) -> dict:
     """One epoch of ``model`` on fold 0 as ``vafusion cv`` trains it, in this process; figures as a dict.
-    ``max_steps`` > 0: stop after that many steps and skip validation and scoring."""
+    ``max_steps`` > 0: stop after that many steps (then validate) and skip scoring the test fold."""
     mem = _Memory()
     mem.start()
     cfg = load_config(
