@@ -50,9 +50,9 @@ def crops() -> np.ndarray:
     return np.stack([render_face(float(v), float(a), rng=rng) for v, a in rng.uniform(-1, 1, (12, 2))])
 
 
-@pytest.fixture(scope="module")
-def net(crops: np.ndarray) -> nn.Module:
-    """Fixed-seed IResNet-18 whose BatchNorm statistics are fitted on faces (trained-network scale)."""
+def fitted_iresnet18(faces: np.ndarray) -> nn.Module:
+    """Fixed-seed IResNet-18 (He init) whose BatchNorm statistics are fitted on ``faces``, so its
+    activations have a trained network's scale."""
     torch.manual_seed(0)
     model = iresnet("iresnet18")
     for m in model.modules():
@@ -63,8 +63,14 @@ def net(crops: np.ndarray) -> nn.Module:
             m.momentum = None
     model.train()
     with torch.no_grad():
-        model(preprocess(crops))
+        model(preprocess(faces))
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def net(crops: np.ndarray) -> nn.Module:
+    """IResNet-18 fitted on rendered faces."""
+    return fitted_iresnet18(crops)
 
 
 @pytest.fixture(scope="module")
@@ -158,19 +164,8 @@ def real_faces() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def real_net(real_faces: np.ndarray) -> nn.Module:
-    """Fixed-seed IResNet-18 whose BatchNorm statistics are fitted on the 32 first real faces."""
-    torch.manual_seed(0)
-    model = iresnet("iresnet18")
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(preprocess(real_faces[:32]))
-    return model.eval()
+    """IResNet-18 fitted on the 32 first real faces."""
+    return fitted_iresnet18(real_faces[:32])
 
 
 @pytest.mark.skipif(not fe.onnxruntime_available(), reason="onnxruntime not installed (the onnx extra)")

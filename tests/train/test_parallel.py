@@ -160,3 +160,32 @@ def test_a_worker_that_dies_stops_the_run_with_one_line(runs: Path) -> None:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "was killed by signal 9" in lines[0] and "--resume" in lines[0], err
     assert not any(_alive(w) for w in workers)
+
+
+ORPHAN = """
+import os, sys, threading, time
+from pathlib import Path
+from vafusion.io.atomic import atomic_path
+from vafusion.train.parallel import _exit_on_eof
+
+read, write = os.pipe()
+threading.Thread(target=_exit_on_eof, args=(read,), daemon=True).start()
+with atomic_path(Path(sys.argv[1])) as tmp:
+    os.close(write)  # the parent dies in the middle of a write
+    time.sleep(0.5)
+    tmp.write_text("complete")
+time.sleep(5)
+sys.exit(0)
+"""
+
+
+def test_an_orphaned_worker_finishes_its_write_before_it_exits(tmp_path: Path) -> None:
+    """A worker whose parent was killed exits at once, but never between a temp file and its rename:
+    the file being written is complete and no temp file is left."""
+    target = tmp_path / "fold0.pt"
+    root = Path(__file__).resolve().parents[2]
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", ORPHAN, str(target)], cwd=root, timeout=60)
+    assert proc.returncode == 1 and time.time() - t0 < 5  # the watcher ended it, not the script
+    assert target.read_text() == "complete"
+    assert [p.name for p in tmp_path.iterdir()] == ["fold0.pt"]

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,10 @@ from typing import Any
 import numpy as np
 
 from vafusion.errors import OutputError
+
+WRITING = threading.RLock()
+"""Held for the whole of every atomic write. Code that ends the process abruptly (``os._exit``) takes it
+first, so the process never dies between creating a temp file and renaming or removing it."""
 
 
 def _umask() -> int:
@@ -54,7 +59,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     A full disk, a read-only file system or a missing permission becomes one :class:`OutputError` (the
     temporary file is removed, and an earlier ``path`` is left as it was).
     """
-    path = Path(path)
+    with WRITING, _atomic_path(Path(path)) as tmp:
+        yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
     tmp_path: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ import torch
 
 from vafusion.config import Config
 from vafusion.errors import VafusionError
+from vafusion.io import atomic
 
 Job = tuple[str, int]
 """A (model, fold) pair."""
@@ -94,7 +95,8 @@ def _exit_on_eof(fd: int) -> None:
     """Block until ``fd`` reaches end of file (its writer, the parent, is gone), then end this process."""
     while os.read(fd, 1):
         pass
-    os._exit(1)
+    with atomic.WRITING:  # a write under way finishes (and renames its temp file) first
+        os._exit(1)
 
 
 def portable(exc: VafusionError) -> tuple[type, Any, str, str]:
