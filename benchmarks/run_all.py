@@ -1,7 +1,7 @@
 """Run every benchmark and write benchmarks/RESULTS.md (and RESULTS.json) with this machine's details.
 
     make bench                                   # = .venv/bin/python benchmarks/run_all.py (<= 10 min)
-    make bench-long                              # = run_all.py --long: the long cases too (about 40 min)
+    make bench-long                              # = run_all.py --long: the long cases too (23 min on 2 cores)
     .venv/bin/python benchmarks/run_all.py --rounds 3
     .venv/bin/python benchmarks/run_all.py --only face_encoding memory
     .venv/bin/python benchmarks/run_all.py --demo --int8   # also time a fresh demo / try int8 (minutes more)
