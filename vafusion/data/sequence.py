@@ -120,48 +120,6 @@ def load_sequence(
     return Sequence(sample.name, sample.video_id, feats, valid, labels, label_valid, prints, params, fps)
 
 
-def fit_normaliser(seqs: list[Sequence], chunk: int = 1 << 16) -> Normaliser:
-    """:meth:`Normaliser.fit` of ``seqs``, bit for bit, reading at most ``chunk`` rows at a time.
-
-    ``Normaliser.fit`` concatenates every valid row in float64 (18 GB for Aff-Wild2's visual stream);
-    here the same float64 sums run row after row over chunks (numpy sums a column in row order, and the
-    running total enters each chunk's sum as its first row), so the result is identical.
-    """
-    mean, std = {}, {}
-    for role in seqs[0].feats:
-        n, total = 0, None
-        for block in _valid_rows(seqs, role, chunk):
-            n += len(block)
-            total = _running_sum(total, block)
-        dim = seqs[0].feats[role].shape[1]
-        if n == 0:
-            mean[role], std[role] = np.zeros(dim, np.float32), np.full(dim, 1e-6, np.float32)
-            continue
-        mu, squares = total / n, None
-        for block in _valid_rows(seqs, role, chunk):
-            block -= mu
-            block *= block
-            squares = _running_sum(squares, block)
-        mean[role] = mu.astype(np.float32)
-        std[role] = np.maximum(np.sqrt(squares / n), 1e-6).astype(np.float32)
-    return Normaliser(mean, std)
-
-
-def _valid_rows(seqs: list[Sequence], role: str, chunk: int) -> Iterator[np.ndarray]:
-    """The valid rows of ``role`` over ``seqs`` in order, as float64 blocks of at most ``chunk`` rows."""
-    for s in seqs:
-        x, v = s.feats[role], s.valid[role]
-        for i in range(0, len(x), chunk):
-            rows = np.asarray(x[i : i + chunk])[np.asarray(v[i : i + chunk])]
-            if len(rows):
-                yield rows.astype(np.float64)
-
-
-def _running_sum(total: np.ndarray | None, block: np.ndarray) -> np.ndarray:
-    """Column sums of ``block`` continued from ``total`` in the same order as one sum over all rows."""
-    return block.sum(0) if total is None else np.concatenate([total[None], block]).sum(0)
-
-
 class WindowDataset(Dataset):
     """Fixed-length windows of normalised sequences, padded with invalid frames.
 

@@ -17,7 +17,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
 from vafusion.config import Config, TrainConfig
-from vafusion.data.sequence import EpochSampler, Sequence, WindowDataset, fit_normaliser
+from vafusion.data.sequence import EpochSampler, Sequence, WindowDataset
 from vafusion.errors import VafusionError
 from vafusion.io.atomic import atomic_path, clean_stale_temps
 from vafusion.models.fusion import FusionNet
@@ -173,7 +173,7 @@ def fit(
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     L.seed_everything(seed, workers=True, verbose=False)
-    norm = fit_normaliser(train)
+    norm = Normaliser.fit(train)
     dims = {r: train[0].feats[r].shape[1] for r in model_entry(model).roles}
     net = create_model(model, dims=dims, **dataclasses.asdict(cfg.model))
     if init:
