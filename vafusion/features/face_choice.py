@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from vafusion.cpu import cache_dir
+from vafusion.errors import OutputError
+from vafusion.io.atomic import atomic_path
 
 MARGIN = 1.05
 INT8_GAIN = 1.3
@@ -119,17 +119,11 @@ class ChoiceCache:
 
 
 def write_atomic(path: Path, data: bytes) -> bool:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``; ``False`` when the
+    """Write ``data`` to ``path`` atomically (:func:`vafusion.io.atomic.atomic_path`); ``False`` when the
     folder is not writable (a read-only home: the work is simply done again next time)."""
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except (OSError, OutputError):
         return False
+    return True
