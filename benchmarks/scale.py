@@ -43,9 +43,10 @@ from _common import REPO, Section, load_text, table
 from vafusion.config import load_config
 from vafusion.data.affwild2 import scan
 from vafusion.data.folds import assign_folds
-from vafusion.data.sequence import WindowDataset, fit_normaliser, load_sequence
+from vafusion.data.sequence import WindowDataset, load_sequence
 from vafusion.features.store import feature_path, write_features
 from vafusion.metrics import ccc_loss
+from vafusion.models.normaliser import Normaliser
 from vafusion.models.registry import create_model
 from vafusion.train.cv import CrossValidation, evaluate, inner_split, roles_of
 from vafusion.train.fit import _collate, fit
@@ -222,7 +223,7 @@ def step_times(root: Path, rounds: int = 5, steps: int = 4) -> dict[str, float]:
         load_sequence(s, root / "feats", STREAMS, list(STREAMS), mmap=True)
         for s in scan(root / "data").samples[:40]
     ]
-    norm = fit_normaliser(seqs)
+    norm = Normaliser.fit(seqs)
     ds = WindowDataset(seqs, 300, 200, norm=norm)
     batches = [_collate([ds[(k * 8 + j) % len(ds)] for j in range(8)]) for k in range(steps)]
     paper = load_config("paper", [])
@@ -286,6 +287,8 @@ def scale(root: Path, frames: int, sequences: int, model: str, overrides: list[s
     if steps and m["steps"] < m["epoch_steps"]:  # scale the partial epoch; validation as in the full run
         s["train_epoch"] *= m["epoch_steps"] / m["steps"]
         s["data_wait"] *= m["epoch_steps"] / m["steps"]
+    if steps:  # scoring was skipped: it costs what validating as many frames costs
+        s["score_test_fold"] = s["validation"] * m["test_frames"] / max(m["val_frames"], 1)
     step_s = step_times(root)
     epoch = s["train_epoch"] + s["validation"]
     peak = m["peak"]
@@ -296,19 +299,8 @@ def scale(root: Path, frames: int, sequences: int, model: str, overrides: list[s
         f"RssAnon {peak.get('RssAnon', 0) / 1e9:.1f} GB + RssFile {peak.get('RssFile', 0) / 1e9:.1f} GB"
         f"{partial}; {m['load']})"
     )
-    hours = {
-        (e, p): extrapolate(m, step_s, e, p) if not steps else extrapolate_partial(m, step_s, e, p)
-        for e in (15, 30)
-        for p in (1, 2)
-    }
+    hours = {(e, p): extrapolate(m, step_s, e, p) for e in (15, 30) for p in (1, 2)}
     return {"store": info, "measured": m, "step_seconds": step_s, "hours": hours, "line": line}
-
-
-def extrapolate_partial(m: dict, steps: dict[str, float], epochs: int, processes: int) -> dict[str, float]:
-    """:func:`extrapolate` for a run whose scoring was skipped: scoring costs as one validation pass."""
-    s = dict(m["seconds"])
-    s["score_test_fold"] = s["validation"] * m["test_frames"] / max(m["val_frames"], 1)
-    return extrapolate({**m, "seconds": s}, steps, epochs, processes)
 
 
 def run(quick: bool = True, root: Path | None = None) -> Section:
