@@ -170,14 +170,13 @@ class PeopleTrack:
     def _check_identities(self, frame: np.ndarray, i: int) -> None:
         """Check suspect faces (and every face now and then) against their person's descriptor."""
         visible = [p for p in self.people if p.box is not None]
-        for a in visible:
-            if any(b is not a and _close(a.box, b.box) for b in visible):
-                a.suspect = True  # re-checked once the faces are apart again
+        crowded = [any(q is not p and _close(p.box, q.box) for q in visible) for p in visible]
+        for p, near in zip(visible, crowded):
+            p.suspect = p.suspect or near  # re-checked once the faces are apart again
         due = [
             p
-            for p in visible
-            if not any(q is not p and _close(p.box, q.box) for q in visible)
-            and (p.suspect or i - p.described_at >= self.refresh_every)
+            for p, near in zip(visible, crowded)
+            if not near and (p.suspect or i - p.described_at >= self.refresh_every)
         ]
         for p in due:
             desc = self.describer(frame, p.box)
