@@ -13,8 +13,9 @@ up to +-30 deg once the face is large enough. So :class:`FaceDetector` runs
    noise over 2 grey levels, Immerkaer's estimate) is blurred slightly: upsampling keeps the noise at full
    strength, and HOG's gradients on a small dark face drown in it.
 
-:meth:`FaceDetector.detect_region` looks only around a known face, scaled so the face is 84 px: a few
-ms whatever the frame or face size, and turned by +-30 deg when the upright crop has no face. Trackers
+:meth:`FaceDetector.detect_region` looks only around a known face, scaled so the face is 84-101 px (the
+scale and the crop's corner snapped to the HOG grid, so the box found does not follow the box searched
+around): a few ms whatever the frame or face size, and turned by +-30 deg when the upright crop has no face. Trackers
 use it to re-detect their faces cheaply (``vafusion.face.track``). Measured recall by face size and the
 cost per frame: docs/predict.md.
 """
@@ -34,6 +35,10 @@ from vafusion.weights.dlib import cnn_detector, hog_detector
 
 HOG_FACE = 64.0
 """Face height (px, HOG box convention) at which dlib's HOG detector finds ~100 % of frontal faces."""
+PYRAMID_STEP = 6 / 5
+"""Scale step of dlib's HOG image pyramid (``pyramid_down<6>``)."""
+HOG_CELL = 8
+"""Side of a HOG cell (px) in dlib's frontal face detector."""
 
 
 class Box(NamedTuple):
@@ -162,8 +167,9 @@ class FaceDetector:
     ``searches`` and ``region_searches`` count the calls of :meth:`detect` and :meth:`detect_region`.
     """
 
-    region_face = 84.0
-    """Face height (px) a re-detection crop is scaled to: 64 px with room for the face to shrink by 20 %."""
+    region_face = 92.0
+    """Face height (px) a re-detection crop is scaled to, before the scale is snapped to the pyramid grid
+    (``region_scale``): 84-101 px, 64 px with room for the face to shrink by 20 %."""
     region_context = 2.5
     """Side of the re-detection crop, in face sizes."""
     region_rotations = (-30.0, 30.0)
@@ -269,20 +275,36 @@ class FaceDetector:
         self.searches += 1
         return boxes
 
+    def region_scale(self, box: Box) -> float:
+        """The scale a re-detection around ``box`` runs at: the one that makes ``box`` ``region_face`` px,
+        rounded to a power of 6/5, dlib's pyramid step.
+
+        HOG boxes come in the pyramid's steps, so a re-detection's box depends on the scale it ran at, and a
+        scale taken straight from the reference box (a tracker's box, the previous frame's detection) made
+        boxes on the same frame differ by 5.7 % of the face width between ``detect_every`` 1 and 5 (mean
+        over the corners, demo videos); on the grid, nearby reference boxes give the same scale and the same
+        pyramid, and the box no longer depends on where the search started (1.7 %, docs/predict.md).
+        """
+        ideal = self.region_face / max(box.height, 1.0)
+        return PYRAMID_STEP ** round(math.log(ideal) / math.log(PYRAMID_STEP))
+
     def detect_region(self, frame: np.ndarray, box: Box, context: float | None = None) -> list[Box]:
-        """Faces in a square crop ``context`` times ``box`` around its centre, scaled so that a face of
-        ``box``'s size is ``region_face`` px; the crop is turned by +-30 deg if nothing is found upright."""
+        """Faces in a square crop ``context`` times ``box`` around its centre, at :meth:`region_scale`;
+        the crop is turned by +-30 deg if nothing is found upright. The crop's corner is snapped to the HOG
+        cell grid (8 px at that scale) so that the cells do not move with the reference box either."""
         t0 = time.perf_counter()
         frame = check_frame(frame)
         h, w = frame.shape[:2]
+        scale = self.region_scale(box)
         side = (self.region_context if context is None else context) * max(box.width, box.height)
         cx, cy = box.center
-        x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+        cell = HOG_CELL / scale
+        x0 = max(0, round(math.floor((cx - side / 2) / cell) * cell))
+        y0 = max(0, round(math.floor((cy - side / 2) / cell) * cell))
         x1, y1 = min(w, math.ceil(cx + side / 2)), min(h, math.ceil(cy + side / 2))
         found: list[tuple[Box, float]] = []
         if x1 - x0 >= 8 and y1 - y0 >= 8:
             crop = frame[y0:y1, x0:x1]
-            scale = self.region_face / max(box.height, 1.0)
             blur = self._blur_for(crop) if scale > 1.0 else 0.0
             found = self._boxes(crop, scale, blur, (x0, y0))
             for angle in self.region_rotations if not found else ():
