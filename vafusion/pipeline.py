@@ -160,6 +160,8 @@ def run_demo(
 def extract_lines(summary: dict, notes: list[str]) -> tuple[list[str], list[str]]:
     """What an extraction did, as lines for stdout and (failures) for stderr."""
     out = [f"note: {n}" for n in notes]
+    if summary.get("face_calibration"):
+        out.append(f"note: {summary['face_calibration']}")
     for name, st in summary["extractors"].items():
         rate = f"{st['frames_per_s']} frames/s" if st["frames_per_s"] else "-"
         out.append(

@@ -3,11 +3,17 @@ registered untrained model all give the same kind of bundle; the checkpoints say
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tests.helpers import SHARED_VIDEOS
 from vafusion.cli import main
+from vafusion.features.face_int8 import CALIBRATION_FILE, calibration_crops, save_calibration
 from vafusion.inference.bundle import RunBundle, find_checkpoints
 from vafusion.inference.predictor import FeaturesWarning, Predictor
 
@@ -67,3 +73,36 @@ def test_the_tiny_untrained_model_runs_the_whole_pipeline(tmp_path, capsys) -> N
         and table["face"].mean() > 0.9
         and table[["valence", "arousal"]].abs().max().max() <= 1
     )
+
+
+def _run_copy(tiny: Path, dest: Path, calibration: str | None = None) -> Path:
+    """The tiny run's models and settings in ``dest``; ``calibration`` replaces its face_calibration."""
+    shutil.copytree(tiny / "run" / "models", dest / "models")
+    shutil.copy(tiny / "run" / "streams.json", dest)
+    config = yaml.safe_load((tiny / "run" / "config.yaml").read_text())
+    if calibration is not None:
+        config["features"]["face_calibration"] = calibration
+    (dest / "config.yaml").write_text(yaml.safe_dump(config))
+    return dest
+
+
+def test_predict_finds_the_calibration_set_stored_with_the_run(tiny, tmp_path) -> None:
+    run = _run_copy(tiny, tmp_path / "run")
+    assert RunBundle.load(run).config.features.face_calibration == "auto"  # an older run: float, no error
+    crops = np.random.default_rng(0).integers(0, 256, (20, 112, 112, 3), dtype=np.uint8)
+    save_calibration(run / CALIBRATION_FILE, crops, "test")
+    for source in (run, run / "models" / "fusion", run / "models" / "fusion" / "fold0.pt"):
+        stored = RunBundle.load(source).config.features.face_calibration
+        assert stored == str(run / CALIBRATION_FILE)
+        np.testing.assert_array_equal(calibration_crops(stored), crops)
+    mine = RunBundle.load(run, feature_overrides=["features.face_calibration=none"])
+    assert mine.config.features.face_calibration == "none" and calibration_crops("none") is None
+
+
+def test_a_calibration_folder_that_is_gone_means_the_float_path(tiny, tmp_path) -> None:
+    run = _run_copy(tiny, tmp_path / "run", str(tmp_path / "gone"))
+    bundle = RunBundle.load(run)
+    assert bundle.config.features.face_calibration == "none"
+    assert any("is not here" in n and "float path" in n for n in bundle.notes)
+    off = RunBundle.load(_run_copy(tiny, tmp_path / "off", "none"))
+    assert off.config.features.face_calibration == "none" and not [n for n in off.notes if "calib" in n]

@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
-from vafusion.data.affwild2 import Corpus, Sample, crop_index, read_annotation
+from vafusion.data.affwild2 import Corpus, Sample, crop_index, read_annotation, read_crop
+from vafusion.data.calibration import plan_calibration
 from vafusion.errors import OutputError, VafusionError
-from vafusion.face.align import CROP_SIZE
 from vafusion.features.audio_stream import stream_audio_features
 from vafusion.features.extractors import FeaturesConfig, configured_extractor
 from vafusion.features.store import build_manifest, feature_path, read_meta, shard_manifest, write_features
@@ -121,26 +120,6 @@ def sample_frames(sample: Sample) -> tuple[int, float, list[str]]:
     return n, info.fps, notes
 
 
-def _read_crop(path: Path) -> np.ndarray | None:
-    """The crop as (112, 112, 3) RGB, or ``None`` when it is empty, corrupt or cut short.
-
-    A JPEG that lost its end-of-image marker is refused: OpenCV would decode its first part and fill the
-    rest with grey, giving a face feature from half a face.
-    """
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    if raw[:2] == b"\xff\xd8" and b"\xff\xd9" not in raw[-64:]:
-        return None
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
-    if img is None:
-        return None
-    if img.shape[:2] != (CROP_SIZE, CROP_SIZE):
-        img = cv2.resize(img, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
 def face_features(
     extractor, sample: Sample, n: int, batch: int, stats: ExtractorStats, stride: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -160,14 +139,14 @@ def face_features(
     if stride > 1:
         readable = np.zeros(n, bool)
         for i in frames:
-            readable[i - 1] = _read_crop(index[i]) is not None
+            readable[i - 1] = read_crop(index[i]) is not None
         corrupt = [index[i].name for i in frames if not readable[i - 1]]
         frames = [int(r) + 1 for r in anchor_rows(readable, stride)]
     for k in range(0, len(frames), batch):
         chunk = frames[k : k + batch]
         imgs, keep = [], []
         for i in chunk:
-            img = _read_crop(index[i])
+            img = read_crop(index[i])
             if img is None:
                 corrupt.append(index[i].name)
             else:
@@ -268,7 +247,11 @@ def extract(
     shard: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Extract every (sample, extractor) pair not yet done; write ``extract_summary.json``, the manifest."""
+    """Extract every (sample, extractor) pair not yet done; write ``extract_summary.json``, the manifest.
+
+    The IResNet extractor calibrates int8 on the set :func:`plan_calibration` picks from the whole
+    corpus (not the shard), so every shard makes the same features.
+    """
     out = prepare_dir(out, "--features")
     samples = shard_samples(sorted(corpus.samples, key=lambda s: s.name), shard)
     if shard is None:
@@ -282,9 +265,13 @@ def extract(
         "problems": list(corpus.problems),
         "extractors": {},
     }
+    calibration = plan_calibration(cfg, corpus, out, extractor_names)
+    summary["face_calibration"] = calibration.note
     length_notes: set[str] = set()
     for name in extractor_names:
-        ext = configured_extractor(name, cfg)
+        ext = configured_extractor(name, calibration.cfg, calibration.crops)
+        if name == "iresnet":
+            calibration.keep()
         summary["extractors"][name] = _run_extractor(ext, samples, out, cfg, length_notes, progress).as_dict()
     summary["length_mismatch"] = sorted(length_notes)
     summary["failed"] = sorted(

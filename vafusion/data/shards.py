@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vafusion.data.affwild2 import Corpus, Sample, read_annotation
+from vafusion.data.calibration import plan_calibration
 from vafusion.data.extract import sample_frames
 from vafusion.errors import VafusionError
 from vafusion.features.extractors import FeaturesConfig, configured_extractor
@@ -115,13 +116,18 @@ def _file_problem(path: Path, fingerprint: str, want: int | str) -> tuple[str, s
 
 
 def _problems(
-    samples: list[Sample], root: Path, cfg: FeaturesConfig, extractor_names: list[str], shards: int | None
+    samples: list[Sample],
+    root: Path,
+    cfg: FeaturesConfig,
+    extractor_names: list[str],
+    shards: int | None,
+    calibration: np.ndarray | None = None,
 ) -> list[dict]:
     """Every (sample, extractor) file that is missing, unreadable, stale or of the wrong length."""
     problems: list[dict] = []
     rows: dict[str, int | str] = {}
     for name in extractor_names:
-        fingerprint = configured_extractor(name, cfg).fingerprint
+        fingerprint = configured_extractor(name, cfg, calibration).fingerprint
         for s in samples:
             if s.name not in rows:
                 try:
@@ -206,7 +212,9 @@ def merge_shards(
                 f"manifest parts from several shard counts {sorted(parts)}; checked against N={shards}"
             )
     samples = sorted(corpus.samples, key=lambda s: s.name)
-    problems = _problems(samples, root, cfg, extractor_names, shards)
+    calibration = plan_calibration(cfg, corpus, root, extractor_names)  # as extract does (writes nothing)
+    notes += [calibration.note] if calibration.note else []
+    problems = _problems(samples, root, calibration.cfg, extractor_names, shards, calibration.crops)
     commands = _fix_commands(problems, corpus, root, cfg, extractor_names)
     failures = _recorded_failures(root, notes)
     missing_parts = sorted(set(range(shards)) - parts.get(shards, set())) if shards else []

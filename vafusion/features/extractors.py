@@ -24,8 +24,8 @@ from vafusion.cpu import choose_precision, cpu_info
 from vafusion.errors import VafusionError
 from vafusion.features import egemaps
 from vafusion.features.face_encoder import BACKENDS, PRECISIONS, FaceEncoder, calibration_id
+from vafusion.features.face_int8 import AUTO, OFF, calibration_crops, calibration_mode
 from vafusion.features.face_int8 import RECIPE as INT8_RECIPE
-from vafusion.features.face_int8 import load_calibration
 from vafusion.features.landmarks import LandmarkExtractor
 from vafusion.features.logmel import CentredExamples
 from vafusion.features.timing import resample_rows
@@ -62,8 +62,10 @@ class FeaturesConfig:
     # face path: auto = measured once per machine and remembered (docs/performance.md); or force one
     face_precision: str = setting("auto", one_of("auto", *PRECISIONS))
     face_backend: str = setting("auto", one_of("auto", *BACKENDS))
-    # folder of aligned 112x112 face crops (or .npz) to calibrate int8 on; int8 needs it
-    face_calibration: str | None = None
+    # crops to calibrate int8 on: auto = extract samples 256 of the dataset's cropped_aligned crops and
+    # keeps them in FEATS/face_calibration.npz (predict uses the run's copy); a folder of aligned 112x112
+    # crops or an .npz; none = never int8 (docs/performance.md)
+    face_calibration: str | None = AUTO
     # encode every k-th face, interpolate the rest (CCC cost: docs/performance.md)
     face_stride: int = setting(5, AT_LEAST_1)
     # s between encoded 0.96 s log-mel patches; 0: one per frame (docs/performance.md)
@@ -71,8 +73,8 @@ class FeaturesConfig:
 
     def relations(self) -> list[tuple[str, bool, str]]:
         """int8 faces need calibration crops."""
-        int8_ok = self.face_precision != "int8" or bool(self.face_calibration)
-        return [("face_precision", int8_ok, "int8 only with features.face_calibration (a folder of crops)")]
+        int8_ok = self.face_precision != "int8" or calibration_mode(self.face_calibration) != OFF
+        return [("face_precision", int8_ok, "int8 only with features.face_calibration auto or a folder")]
 
 
 class Extractor(Protocol):
@@ -109,8 +111,10 @@ class IResNetExtractor(_Base):
     Faces run on :class:`vafusion.features.face_encoder.FaceEncoder`: batched, ``inference_mode``, on the
     path measured fastest on this machine (remembered in the user cache): torch channels-last in the best
     float precision the CPU runs natively (bf16 only with AVX512-BF16/AMX), ONNX Runtime fp32 where it wins
-    by 5 %, or int8 where it is 1.3x the float path and ``calibration`` crops are given. The precision
-    (and, for int8, the recipe and calibration set) enters the fingerprint; fp32 backends agree to 3e-6.
+    by 5 %, or int8 where it is 1.3x the float path and ``calibration`` crops are given (a folder or
+    ``.npz``; ``auto`` and ``none`` give none here: ``vafusion extract`` and ``RunBundle`` turn ``auto`` into
+    the stored set). The precision (and, for int8, the recipe and calibration set) enters the fingerprint;
+    fp32 backends agree to 3e-6.
     """
 
     def __init__(
@@ -120,12 +124,20 @@ class IResNetExtractor(_Base):
         batch: int = 32,
         precision: str = "auto",
         backend: str = "auto",
-        calibration: str | None = None,
+        calibration: str | np.ndarray | None = None,
     ) -> None:
+        self.calibration = (
+            calibration if isinstance(calibration, np.ndarray) else calibration_crops(calibration)
+        )
+        if precision == "int8" and self.calibration is None:
+            raise VafusionError(
+                None,
+                "the int8 face path needs calibration crops, and none are at hand here",
+                "set features.face_calibration to a folder of aligned face crops, or face_precision=auto",
+            )
         self.net = load_iresnet(arch, weights).eval()
         self.batch = batch
         self.backend = backend
-        self.calibration = None if calibration is None else load_calibration(calibration)
         params = {"arch": arch, "weights_sha256": _sha(weights)}
         self._key = (arch, params["weights_sha256"])
         self._encoder = None
@@ -140,16 +152,16 @@ class IResNetExtractor(_Base):
         super().__init__("iresnet", "face", 512, params)
 
     @classmethod
-    def from_config(cls, cfg: FeaturesConfig) -> IResNetExtractor:
+    def from_config(cls, cfg: FeaturesConfig, calibration: np.ndarray | None = None) -> IResNetExtractor:
         """The extractor the ``features`` settings describe (weights, batch, precision, backend,
-        calibration)."""
+        calibration: ``calibration`` crops when given, else ``face_calibration``)."""
         return cls(
             cfg.iresnet_arch,
             cfg.iresnet_weights,
             cfg.face_batch,
             cfg.face_precision,
             cfg.face_backend,
-            cfg.face_calibration,
+            cfg.face_calibration if calibration is None else calibration,
         )
 
     def _make_encoder(self, precision: str) -> FaceEncoder:
@@ -340,8 +352,9 @@ def resolve_streams(cfg: FeaturesConfig) -> tuple[dict[str, str], list[str]]:
     return streams, notes
 
 
-def build_extractor(name: str, cfg: FeaturesConfig):
-    """Instantiate an extractor by name; weights come from ``cfg`` and are verified on load."""
+def build_extractor(name: str, cfg: FeaturesConfig, calibration: np.ndarray | None = None):
+    """Instantiate an extractor by name; weights come from ``cfg`` and are verified on load; ``calibration``
+    crops (int8 IResNet) replace ``cfg.face_calibration``."""
     if name == "iresnet":
         if not cfg.iresnet_weights:
             raise VafusionError(
@@ -349,7 +362,7 @@ def build_extractor(name: str, cfg: FeaturesConfig):
                 "the iresnet extractor needs a weights file",
                 "pass --iresnet-weights backbone.pth (insightface arcface_torch), or use landmarks",
             )
-        return IResNetExtractor(cfg.iresnet_arch, cfg.iresnet_weights, cfg.face_batch)
+        return IResNetExtractor.from_config(cfg, calibration)
     if name == "landmarks":
         return LandmarksExtractor()
     if name == "vggish":
@@ -369,7 +382,7 @@ def build_extractor(name: str, cfg: FeaturesConfig):
     )
 
 
-def configured_extractor(name: str, cfg: FeaturesConfig):
+def configured_extractor(name: str, cfg: FeaturesConfig, calibration: np.ndarray | None = None):
     """``build_extractor`` plus the run settings that change a face stream's rows (``face_stride``), which
     therefore enter its fingerprint. (Audio rows do not depend on how the track is chunked.)"""
     if cfg.face_stride < 1:
@@ -378,7 +391,7 @@ def configured_extractor(name: str, cfg: FeaturesConfig):
             f"features.face_stride must be >= 1, got {cfg.face_stride}",
             "set features.face_stride=1 (encode every face) or more",
         )
-    ext = build_extractor(name, cfg)
+    ext = build_extractor(name, cfg, calibration)
     if ext.modality == "face" and cfg.face_stride > 1:
         ext.params = {**ext.params, "face_stride": cfg.face_stride}
     return ext

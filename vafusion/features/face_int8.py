@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from vafusion.errors import VafusionError
+from vafusion.io.atomic import atomic_path
 from vafusion.io.onnx import session
 from vafusion.models.iresnet import preprocess
 
@@ -41,8 +43,15 @@ KEEP_FP32 = ("/conv1/", "/layer1/", "/layer2/")  # ONNX node-name prefixes left 
 SAMPLES_PER_BATCH = 65536
 CALIBRATION_BATCH = 8
 CALIBRATION_CROPS = 256
+MIN_CALIBRATION_CROPS = 16
+CALIBRATION_FILE = "face_calibration.npz"
+"""The calibration set ``vafusion extract`` used, kept beside the features (and copied into a run by ``cv``)
+so that ``vafusion predict`` can build the same int8 model without the dataset."""
+AUTO, OFF = "auto", "none"
+"""``features.face_calibration`` values: crops from the dataset (or the run's stored set), or never int8."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _EMPTY = np.zeros((0, 112, 112, 3), np.uint8)
+_UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 
 def _spaced(n: int, limit: int) -> np.ndarray:
@@ -57,26 +66,65 @@ def _read_rgb(path: Path) -> np.ndarray | None:
 
 def load_calibration(path: str | Path, limit: int = CALIBRATION_CROPS) -> np.ndarray:
     """Up to ``limit`` aligned RGB crops ``(N, 112, 112, 3) uint8`` for calibrating int8: evenly spaced
-    over the sorted images under a folder (searched recursively), or the ``crops`` array of an ``.npz``."""
+    over the sorted images under a folder (searched recursively; unreadable ones are skipped), or the
+    ``crops`` array of an ``.npz``."""
     path = Path(path)
+    skipped: list[str] = []
     if path.suffix == ".npz" and path.is_file():
-        with np.load(path) as z:
-            crops = z["crops"] if "crops" in z.files else _EMPTY
+        try:
+            with np.load(path) as z:
+                crops = z["crops"] if "crops" in z.files else _EMPTY
+        except _UNREADABLE:
+            skipped, crops = [path.name], _EMPTY
         crops = crops[_spaced(len(crops), limit)]
     else:
         files = (
             sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
         )
-        images = [_read_rgb(files[i]) for i in _spaced(len(files), limit)]
-        kept = [im for im in images if im is not None and im.shape == (112, 112, 3)]
+        images = {files[i]: _read_rgb(files[i]) for i in _spaced(len(files), limit)}
+        kept = [im for im in images.values() if im is not None and im.shape == (112, 112, 3)]
+        skipped = [
+            str(f.relative_to(path)) for f, im in images.items() if im is None or im.shape != (112, 112, 3)
+        ]
         crops = np.stack(kept) if kept else _EMPTY
-    if crops.shape[1:] != (112, 112, 3) or crops.dtype != np.uint8 or len(crops) < 16:
+    if crops.shape[1:] != (112, 112, 3) or crops.dtype != np.uint8 or len(crops) < MIN_CALIBRATION_CROPS:
         raise VafusionError(
             path,
-            "fewer than 16 aligned 112x112 face crops to calibrate int8 on",
-            "give features.face_calibration a folder of aligned face crops (e.g. DATA/cropped_aligned/VIDEO)",
+            f"fewer than {MIN_CALIBRATION_CROPS} aligned 112x112 face crops to calibrate int8 on"
+            + (f" ({len(skipped)} unreadable, e.g. {skipped[0]})" if skipped else ""),
+            "give features.face_calibration a folder of aligned face crops (e.g. "
+            f"DATA/cropped_aligned/VIDEO), or {OFF} to encode faces on the float path",
         )
     return np.ascontiguousarray(crops)
+
+
+def calibration_mode(setting: str | Path | None) -> str:
+    """``auto``, ``none`` or ``path``: what a ``features.face_calibration`` value asks for (unset, as in
+    runs made before ``auto`` existed, is ``auto``)."""
+    if setting is None or str(setting).strip().lower() == AUTO:
+        return AUTO
+    return OFF if str(setting).strip().lower() == OFF else "path"
+
+
+def calibration_crops(setting: str | Path | None) -> np.ndarray | None:
+    """The crops a ``features.face_calibration`` path names; ``None`` for ``none`` and for ``auto`` (which
+    only ``vafusion extract`` and a run's stored set turn into crops)."""
+    return load_calibration(setting) if calibration_mode(setting) == "path" else None
+
+
+def save_calibration(path: Path, crops: np.ndarray, source: str) -> None:
+    """Write a calibration set (compressed ``crops`` and where they came from) atomically to ``path``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, crops=np.ascontiguousarray(crops, np.uint8), source=np.array(source))
+
+
+def calibration_source(path: Path) -> str | None:
+    """Where a stored calibration set's crops came from (``None`` for an unreadable file)."""
+    try:
+        with np.load(path) as z:
+            return str(z["source"]) if "source" in z.files else "unrecorded"
+    except _UNREADABLE:
+        return None
 
 
 def export_onnx(net: nn.Module) -> bytes:

@@ -22,6 +22,7 @@ from vafusion.config import Config, load_config
 from vafusion.data.synth import MANIFEST as SYNTH_MANIFEST
 from vafusion.errors import VafusionError, WeightsError
 from vafusion.features.extractors import configured_extractor, resolve_streams
+from vafusion.features.face_int8 import CALIBRATION_FILE, OFF, calibration_mode
 from vafusion.models.checkpoint import Checkpoint
 from vafusion.models.normaliser import Normaliser
 from vafusion.models.registry import create_model, model_entry, model_names
@@ -32,6 +33,9 @@ PREDICT_SECTIONS = ("features", "cv")
 
 LEGACY_DEFAULTS = {"features": {"audio_hop": 0.0, "face_stride": 1}}
 """Settings whose default changed: a run whose config.yaml predates a key was made with these values."""
+
+PRECISION_KEYS = ("precision", "int8")
+"""Extractor params that say which numeric path made the features (chosen per CPU, not a setting)."""
 
 
 @dataclass
@@ -189,6 +193,37 @@ def trained_on_synthetic(run: Path, checkpoints: list[Checkpoint]) -> bool:
     return any((folder / "data" / SYNTH_MANIFEST).is_file() for folder in (run, *run.parents[:2]))
 
 
+def face_calibration(run: Path, cfg: Config, overrides: list[str]) -> tuple[Config, list[str]]:
+    """The settings with ``features.face_calibration`` pointing at the int8 calibration set stored with the
+    run, and notes.
+
+    ``vafusion cv`` copies the set its features were calibrated on into ``RUN/face_calibration.npz`` (a demo
+    run also keeps it in ``RUN/features``); with it, the face path is raced as in ``vafusion extract`` and
+    an int8 choice is the very model the features were made with. Without it (runs made before the set was
+    stored, runs without IResNet, ``none``) faces run on the float path. A value given in ``overrides`` is
+    kept as given.
+    """
+    key = "features.face_calibration"
+    mode = calibration_mode(cfg.features.face_calibration)
+    if mode == OFF or any(o.split("=", 1)[0].strip() == key for o in overrides):
+        return cfg, []
+    top = [run, run.parent.parent] if run.parent.name == "models" else [run]
+    found = [
+        d / CALIBRATION_FILE for t in top for d in (t, t / "features") if (d / CALIBRATION_FILE).is_file()
+    ]
+    value, notes = cfg.features.face_calibration, []
+    if found:
+        value = str(found[0])
+    elif mode == "path" and not Path(str(value)).exists():
+        value = OFF
+        notes.append(
+            f"{key} {cfg.features.face_calibration} is not here and the run stores no calibration set: "
+            "faces are encoded on the float path (cosine to int8 features >= 0.99)"
+        )
+    features = dataclasses.replace(cfg.features, face_calibration=value)
+    return dataclasses.replace(cfg, features=features), notes
+
+
 def _check_streams(run: Path, streams: dict[str, str]) -> None:
     """``RUN/streams.json`` must agree with the checkpoints on which extractor fills each stream."""
     streams_file = run / "streams.json"
@@ -284,6 +319,7 @@ class RunBundle:
         run = source if source.is_dir() else source.parent
         _check_streams(run, streams)
         cfg = run_config(source / "config.yaml" if source.is_dir() else None, ckpts[0].config, overrides)
+        cfg, notes = face_calibration(run, cfg, overrides)
         synthetic = trained_on_synthetic(run, ckpts)
         return cls(
             source,
@@ -292,7 +328,7 @@ class RunBundle:
             streams,
             cfg,
             training_fps(run, ckpts),
-            notes=[SYNTHETIC_NOTE] if synthetic else [],
+            notes=([SYNTHETIC_NOTE] if synthetic else []) + notes,
             caption=SYNTHETIC_CAPTION if synthetic else "",
         )
 
@@ -326,8 +362,9 @@ def feature_mismatches(bundle: RunBundle, extractors: dict[str, Any]) -> list[st
     """Notes for streams whose front-end settings differ from those that made the training features.
 
     Compared are the extractor settings the checkpoints recorded (version-2 checkpoints), except the
-    numeric precision, which differs between CPUs by design (bf16 where it is native) and moves the
-    features by far less than the settings this catches (weights files, strides, hops).
+    numeric precision (and the int8 recipe that comes with it), which differs between CPUs by design (bf16
+    where it is native, int8 where it pays) and moves the features by far less than the settings this
+    catches (weights files, strides, hops).
     """
     ckpt = bundle.folds[0].checkpoint
     if ckpt is None or not ckpt.features:
@@ -337,8 +374,8 @@ def feature_mismatches(bundle: RunBundle, extractors: dict[str, Any]) -> list[st
         ext = extractors.get(bundle.streams.get(role, ""))
         if ext is None:
             continue
-        now = {k: v for k, v in ext.params.items() if k != "precision"}
-        then = {k: v for k, v in (trained.get("params") or {}).items() if k != "precision"}
+        now = {k: v for k, v in ext.params.items() if k not in PRECISION_KEYS}
+        then = {k: v for k, v in (trained.get("params") or {}).items() if k not in PRECISION_KEYS}
         differ = sorted(
             k
             for k in set(now) | set(then)

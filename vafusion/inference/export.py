@@ -10,6 +10,7 @@ Layout written by :func:`export_run`::
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from vafusion.errors import VafusionError
 from vafusion.features.extractors import FeaturesConfig, build_extractor
+from vafusion.features.face_int8 import OFF
 from vafusion.inference.bundle import find_checkpoints, run_config
 from vafusion.inference.onnx_net import (
     DEFAULT_OPSET,
@@ -64,8 +66,10 @@ def frontends(cfg: FeaturesConfig) -> tuple[list[FrontEnd], dict[str, str]]:
     """Front ends whose weights ``cfg`` names, built as the extractors build them; the skipped ones, why."""
     found, skipped = [], {}
     g = torch.Generator().manual_seed(0)
-    if cfg.iresnet_weights:
-        ext = build_extractor("iresnet", cfg)
+    if cfg.iresnet_weights:  # the graph is float32: so is its fingerprint; no calibration, no race
+        ext = build_extractor(
+            "iresnet", dataclasses.replace(cfg, face_precision="fp32", face_calibration=OFF)
+        )
         found.append(
             FrontEnd(
                 "iresnet",

@@ -3,6 +3,7 @@
 Run layout (everything later commands read)::
 
     RUN/config.yaml  RUN/folds.csv  RUN/streams.json
+    RUN/face_calibration.npz                the int8 calibration crops of IResNet features (if any)
     RUN/models/<model>/fold<k>.pt           trained network + normaliser + streams
     RUN/predictions/<model>/fold<k>.parquet per-frame predictions and labels
     RUN/metrics/<model>/fold<k>.json        fold CCC and per-video CCC
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from vafusion.config import Config, to_dict, to_yaml
 from vafusion.data.affwild2 import Corpus
+from vafusion.data.calibration import keep_calibration
 from vafusion.data.sequence import Sequence, load_sequence
 from vafusion.data.synth import MANIFEST as SYNTH_MANIFEST
 from vafusion.errors import VafusionError
@@ -329,6 +331,8 @@ class CrossValidation:
         write_text(self.run / "config.yaml", to_yaml(self.cfg))
         data = {"root": str(self.corpus.root), "synthetic": self.synthetic}
         write_json(self.run / "streams.json", {"streams": self.streams, "notes": self.notes, "data": data})
+        if "iresnet" in self.streams.values():  # predict builds the int8 model the features were made with
+            keep_calibration(self.feats, self.run)
         names = self.folds["name"].tolist()
         self.failed = self.check(names)
         if names and len(self.failed) == len(names):
