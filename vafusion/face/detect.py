@@ -15,9 +15,9 @@ up to +-30 deg once the face is large enough. So :class:`FaceDetector` runs
 
 :meth:`FaceDetector.detect_region` looks only around a known face, scaled so the face is 84-101 px (the
 scale and the crop's corner snapped to the HOG grid, so the box found does not follow the box searched
-around): a few ms whatever the frame or face size, and turned by +-30 deg when the upright crop has no face. Trackers
-use it to re-detect their faces cheaply (``vafusion.face.track``). Measured recall by face size and the
-cost per frame: docs/predict.md.
+around): a few ms whatever the frame or face size, and turned by +-30 deg when the upright crop has no
+face. Trackers use it to re-detect their faces cheaply (``vafusion.face.track``). Measured recall by face
+size and the cost per frame: docs/predict.md.
 """
 
 from __future__ import annotations
