@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/face_encoding.py             # 3 interleaved rounds, all held-out crops
     .venv/bin/python benchmarks/face_encoding.py --quick     # 2 rounds, 128 held-out crops (make bench)
     .venv/bin/python benchmarks/face_encoding.py --int8      # also the earlier whole-network static int8
+    .venv/bin/python benchmarks/face_encoding.py --ceiling   # also the network's convolutions alone
     .venv/bin/python benchmarks/avx2.py benchmarks/face_encoding.py --quick   # as on an AVX2-only CPU
 
 * crops: real aligned faces from ``../shared/testdata/videos`` (``real_crops.py``: vafusion's detector and
@@ -31,6 +32,7 @@ import logging
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,7 @@ BATCH = 32
 N_NAIVE = 2
 NAIVE = "naive (fp32 NCHW, 1 face/call)"
 AUTO = "vafusion (auto)"
+CEILING = "convolutions alone (ceiling, torch)"
 STAGE_SHAPES = ((64, 56), (128, 28), (256, 14), (512, 7))
 
 
@@ -206,6 +209,36 @@ def conv_candidates(precisions: list[str], with_ort: bool) -> dict[str, tuple]:
     return out
 
 
+def conv_ceiling(net: nn.Module, precision: str, batch: int) -> Callable[[], None]:
+    """Every convolution of ``net`` alone, each at its own shape (channels-last, with bias, ``batch`` faces),
+    one after the other: what the network would cost if everything between its convolutions (BatchNorm,
+    PReLU, additions, layout changes) were free. Its % of peak is the most that fusing those can give."""
+    shapes: list[tuple[nn.Conv2d, tuple[int, ...]]] = []
+    handles = [
+        m.register_forward_hook(lambda m, inp, _out: shapes.append((m, tuple(inp[0].shape[1:]))))
+        for m in net.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    with torch.no_grad():
+        net(torch.zeros(1, 3, 112, 112))
+    for h in handles:
+        h.remove()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    steps = []
+    for m, shape in shapes:
+        conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=True)
+        conv = conv.eval().to(dtype).to(memory_format=torch.channels_last)
+        x = torch.randn(batch, *shape).to(dtype).contiguous(memory_format=torch.channels_last)
+        steps.append((conv, x))
+
+    def run() -> None:
+        with torch.inference_mode():
+            for conv, x in steps:
+                conv(x)
+
+    return run
+
+
 def build_paths(net: nn.Module, calib: np.ndarray, batch: int) -> tuple[dict[str, FaceEncoder], dict]:
     """Every path this machine runs, forced (no race), and the seconds each took to build."""
     info = cpu_info()
@@ -336,8 +369,11 @@ def peaks(res, convs: dict) -> dict[str, tuple[float, str]]:
     return out
 
 
-def measure(net: nn.Module, sets: dict, batch: int, rounds: int, cache: ChoiceCache | None) -> dict:
-    """Build every path and vafusion's choice, race them with naive and the bare convolutions."""
+def measure(
+    net: nn.Module, sets: dict, batch: int, rounds: int, cache: ChoiceCache | None, ceiling: bool = False
+) -> dict:
+    """Build every path and vafusion's choice, race them with naive and the bare convolutions (and, with
+    ``ceiling``, the network's convolutions alone in the chosen precision)."""
     paths, build_s = build_paths(net, sets["calib"], batch)
     t0 = time.perf_counter()
     auto = FaceEncoder(net, batch, key=("bench", "iresnet50"), calibration=sets["calib"], cache=cache)
@@ -346,6 +382,9 @@ def measure(net: nn.Module, sets: dict, batch: int, rounds: int, cache: ChoiceCa
     cands = {NAIVE: (lambda: naive(timing[:N_NAIVE]), N_NAIVE)}
     cands.update({k: (lambda p=p: p(timing), len(timing)) for k, p in paths.items()})
     cands[AUTO] = (lambda: auto(timing), len(timing))
+    if ceiling:
+        prec = auto.path.precision if auto.path.precision != "int8" else "fp32"
+        cands[f"{prec} {CEILING}"] = (conv_ceiling(net, prec, len(timing)), len(timing))
     convs = conv_candidates(sorted({k.split()[0] for k in paths}), onnxruntime_available())
     res = race({**cands, **convs}, rounds)
     emulated = None
@@ -372,14 +411,16 @@ def run(
     crops_dir: Path = DEMO / "data" / "cropped_aligned",
     batch: int = BATCH,
     fresh: bool = False,
+    ceiling: bool = False,
 ) -> Section:
     """Everything above; returns the RESULTS.md section. ``with_int8`` adds the earlier static int8;
-    ``fresh`` makes vafusion choose again in a temporary cache instead of the user's."""
+    ``fresh`` makes vafusion choose again in a temporary cache instead of the user's; ``ceiling`` races
+    the network's convolutions alone (:func:`conv_ceiling`) too."""
     sets, source = crop_sets(crops_dir, None if rounds >= 3 else 128)
     net = reference_net(sets["bn"])
     gflop_face = 2 * count_macs(net, torch.zeros(1, 3, 112, 112)) / 1e9
     cache = ChoiceCache(Path(tempfile.mkdtemp()) / "face_paths.json") if fresh else None
-    m = measure(net, sets, batch, rounds, cache)
+    m = measure(net, sets, batch, rounds, cache, ceiling)
     with torch.no_grad():
         test = sets["test"]
         ref = np.concatenate([net(preprocess(test[i : i + 64])).numpy() for i in range(0, len(test), 64)])
@@ -504,11 +545,17 @@ def main() -> None:
         help="folder of <video>/<frame>.jpg crops when the test videos are absent (default: the demo's)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="also race the network's convolutions alone, each at its own shape (the most fusing the "
+        "layers between them could give)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()['cpu']}")
-    sec = run(2 if args.quick else 3, args.int8, args.crops, args.batch, args.fresh)
+    sec = run(2 if args.quick else 3, args.int8, args.crops, args.batch, args.fresh, args.ceiling)
     print(sec.markdown)
 
 
