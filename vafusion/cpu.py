@@ -7,11 +7,12 @@ nothing assumes an instruction set: :func:`cpu_info` reads the flags the kernel 
 :func:`choose_precision` is the rule: bfloat16 only where the CPU has native bf16 dot products
 (``avx512_bf16`` / ``amx_bf16``) and oneDNN can use them, else float32. :func:`cpu_kind` names the class of
 machine (what the face-path choice is cached under, with :func:`machine_key`), and :func:`cache_dir` is
-where per-machine choices are kept.
+where per-machine choices are kept. :func:`keep_freed_memory` tunes glibc's allocator for the face path.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -164,6 +165,31 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+_MALLOPT = ((-3, 32 << 20), (-2, 256 << 20), (-1, (1 << 31) - 1))
+"""glibc ``mallopt`` settings: ``M_MMAP_THRESHOLD`` 32 MB (its maximum), ``M_TOP_PAD`` 256 MB,
+``M_TRIM_THRESHOLD`` 2 GB."""
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for the next allocation instead of handing it back to the kernel.
+
+    A batch of faces through IResNet-50 allocates tens of megabytes per layer. By default glibc maps large
+    blocks fresh from the kernel and trims freed heap memory back to it, so every layer's output is
+    page-faulted and zeroed again: with AMX the convolutions are so fast that this costs a fifth of the face
+    path (bf16 elementwise ops on a 51 MB tensor took 5x a copy into an existing one). Kept memory is reused
+    at once (measured in ``benchmarks/face_malloc.py``). The price: the process keeps its peak heap until
+    it exits. Applies only on Linux with glibc; ``VAFUSION_MALLOC=default`` turns it off. Returns whether
+    the settings were applied.
+    """
+    if os.environ.get("VAFUSION_MALLOC") == "default" or platform.system() != "Linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+    return all(mallopt(option, value) == 1 for option, value in _MALLOPT)
 
 
 def bf16_kernels_available() -> bool:

@@ -23,7 +23,14 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from vafusion.cpu import cache_dir, choose_precision, cpu_info, library_versions, machine_key
+from vafusion.cpu import (
+    cache_dir,
+    choose_precision,
+    cpu_info,
+    keep_freed_memory,
+    library_versions,
+    machine_key,
+)
 from vafusion.features import face_int8
 from vafusion.features.face_choice import ROUNDS, ChoiceCache, decide, race, write_atomic
 from vafusion.io.onnx import onnxruntime_available, session
@@ -64,6 +71,7 @@ class _TorchPath:
     """IResNet body in channels-last ``fp32`` or ``bf16`` (BatchNorms folded), head always in fp32."""
 
     def __init__(self, net: nn.Module, precision: str) -> None:
+        keep_freed_memory()
         body = fold_batchnorms(net).to(memory_format=torch.channels_last)
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.net = body.to(self.dtype) if self.dtype != torch.float32 else body
