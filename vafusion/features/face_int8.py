@@ -81,11 +81,13 @@ def load_calibration(path: str | Path, limit: int = CALIBRATION_CROPS) -> np.nda
         files = (
             sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else []
         )
-        images = {files[i]: _read_rgb(files[i]) for i in _spaced(len(files), limit)}
-        kept = [im for im in images.values() if im is not None and im.shape == (112, 112, 3)]
-        skipped = [
-            str(f.relative_to(path)) for f, im in images.items() if im is None or im.shape != (112, 112, 3)
-        ]
+        kept = []
+        for i in _spaced(len(files), limit):
+            image = _read_rgb(files[i])
+            if image is not None and image.shape == (112, 112, 3):
+                kept.append(image)
+            else:
+                skipped.append(str(files[i].relative_to(path)))
         crops = np.stack(kept) if kept else _EMPTY
     if crops.shape[1:] != (112, 112, 3) or crops.dtype != np.uint8 or len(crops) < MIN_CALIBRATION_CROPS:
         raise VafusionError(
@@ -101,9 +103,8 @@ def load_calibration(path: str | Path, limit: int = CALIBRATION_CROPS) -> np.nda
 def calibration_mode(setting: str | Path | None) -> str:
     """``auto``, ``none`` or ``path``: what a ``features.face_calibration`` value asks for (unset, as in
     runs made before ``auto`` existed, is ``auto``)."""
-    if setting is None or str(setting).strip().lower() == AUTO:
-        return AUTO
-    return OFF if str(setting).strip().lower() == OFF else "path"
+    value = AUTO if setting is None else str(setting).strip().lower()
+    return value if value in (AUTO, OFF) else "path"
 
 
 def calibration_crops(setting: str | Path | None) -> np.ndarray | None:
