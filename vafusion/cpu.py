@@ -177,11 +177,10 @@ def keep_freed_memory() -> bool:
 
     A batch of faces through IResNet-50 allocates tens of megabytes per layer. By default glibc maps large
     blocks fresh from the kernel and trims freed heap memory back to it, so every layer's output is
-    page-faulted and zeroed again: with AMX the convolutions are so fast that this costs a fifth of the face
-    path (bf16 elementwise ops on a 51 MB tensor took 5x a copy into an existing one). Kept memory is reused
-    at once (measured in ``benchmarks/face_malloc.py``). The price: the process keeps its peak heap until
-    it exits. Applies only on Linux with glibc; ``VAFUSION_MALLOC=default`` turns it off. Returns whether
-    the settings were applied.
+    page-faulted and zeroed again: with AMX the convolutions are so fast that this costs a quarter of the
+    face path (bf16, batch 32: 169,289 page faults per 64 faces; kept, 12 and 1.34x the faces/s,
+    ``benchmarks/face_malloc.py``). The price: the process keeps its peak heap until it exits. Applies only
+    on Linux with glibc; ``VAFUSION_MALLOC=default`` turns it off. Returns whether the settings were applied.
     """
     if os.environ.get("VAFUSION_MALLOC") == "default" or platform.system() != "Linux":
         return False
