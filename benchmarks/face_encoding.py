@@ -9,7 +9,7 @@
 * crops: real aligned faces from ``../shared/testdata/videos`` (``real_crops.py``: vafusion's detector and
   aligner; disjoint sets to fit BatchNorm statistics, to calibrate int8, to test), else the demo's;
 * naive: fp32, NCHW, one face at a time, ``torch.no_grad``;
-* paths: torch channels-last fp32 / bf16 (BatchNorms folded), ONNX Runtime fp32 and int8
+* paths: torch fp32 / bf16 (fused oneDNN convolutions, ``face_fused``), ONNX Runtime fp32 and int8
   (``vafusion.features.face_int8``, calibrated on the calibration crops), each batched (``--batch``);
   bf16 is timed in full only where the CPU has native bf16 (elsewhere one face, to show emulation);
 * vafusion's way: ``FaceEncoder`` with its automatic choice (remembered per machine in the user cache, as

@@ -1,11 +1,12 @@
 """The face-encoding compute path: IResNet embeddings as fast as this CPU allows, chosen robustly.
 
 :func:`select_face_path` lists the candidates: the best float precision by rule
-(:func:`vafusion.cpu.choose_precision`: bf16 only with native bf16 dot products) on torch (channels-last,
-BatchNorms folded) and, for fp32, ONNX Runtime; plus int8 on ONNX Runtime (:mod:`face_int8`) when
-calibration crops are given. It times them in interleaved rounds and keeps torch unless another path wins
-by a margin, int8 only at 1.3x the float path (:mod:`face_choice`); the choice is remembered per machine,
-library versions, threads, settings and network in the user cache, so it is made once. ``precision`` and
+(:func:`vafusion.cpu.choose_precision`: bf16 only with native bf16 dot products) on torch (fused oneDNN
+convolutions, :mod:`face_fused`) and, for fp32, ONNX Runtime; plus int8 on ONNX Runtime
+(:mod:`face_int8`) when calibration crops are given. It times them in interleaved rounds and keeps torch
+unless another path wins by a margin, int8 only at 1.3x the float path (:mod:`face_choice`); the choice is
+remembered per machine, library versions, threads, settings, network and torch engine in the user cache,
+so it is made once. ``precision`` and
 ``backend`` override it. :class:`FaceEncoder` runs the chosen path; ``IResNetExtractor`` uses it.
 """
 
@@ -33,6 +34,7 @@ from vafusion.cpu import (
 )
 from vafusion.features import face_int8
 from vafusion.features.face_choice import ROUNDS, ChoiceCache, decide, race, write_atomic
+from vafusion.features.face_fused import ENGINE, FusedIResNet
 from vafusion.io.onnx import onnxruntime_available, session
 from vafusion.models.iresnet import EMBEDDING_SIZE, preprocess
 
@@ -68,32 +70,14 @@ def fold_batchnorms(net: nn.Module) -> nn.Module:
 
 
 class _TorchPath:
-    """IResNet body in channels-last ``fp32`` or ``bf16`` (BatchNorms folded), head always in fp32."""
+    """The IResNet as fused oneDNN calls (:class:`FusedIResNet`): body in ``fp32`` or ``bf16``, head fp32."""
 
     def __init__(self, net: nn.Module, precision: str) -> None:
         keep_freed_memory()
-        body = fold_batchnorms(net).to(memory_format=torch.channels_last)
-        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        self.net = body.to(self.dtype) if self.dtype != torch.float32 else body
-        self.fp32_head = _Head(net)
+        self.net = FusedIResNet(net, torch.bfloat16 if precision == "bf16" else torch.float32)
 
-    @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        fmap = self.net.forward_features(x).float()
-        return self.fp32_head(fmap).numpy()
-
-
-class _Head(nn.Module):
-    """The IResNet embedding head (flatten, ``fc``, ``features`` BatchNorm1d) kept in float32."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.fc = copy.deepcopy(net.fc).eval()
-        self.features = copy.deepcopy(net.features).eval()
-
-    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
-        return self.features(self.fc(torch.flatten(fmap.contiguous(), 1)))
+        return self.net(x).numpy()
 
 
 class _OnnxPath:
@@ -278,6 +262,7 @@ def select_face_path(
         network=[str(k) for k in key] or [network_digest(net)],
         calibration=calib,
         batch=batch,
+        torch_engine=ENGINE,
     )
     cache = cache if cache is not None else ChoiceCache()
     chosen = _CHOSEN.get(cache_key) or (_remembered(cache, cache_key, names) if len(names) > 1 else None)
