@@ -6,8 +6,8 @@ convolutions, :mod:`face_fused`) and, for fp32, ONNX Runtime; plus int8 on ONNX 
 (:mod:`face_int8`) when calibration crops are given. It times them in interleaved rounds and keeps torch
 unless another path wins by a margin, int8 only at 1.3x the float path (:mod:`face_choice`); the choice is
 remembered per machine, library versions, threads, settings, network and torch engine in the user cache,
-so it is made once. ``precision`` and
-``backend`` override it. :class:`FaceEncoder` runs the chosen path; ``IResNetExtractor`` uses it.
+so it is made once. ``precision`` and ``backend`` override it. :class:`FaceEncoder` runs the chosen path;
+``IResNetExtractor`` uses it.
 """
 
 from __future__ import annotations
