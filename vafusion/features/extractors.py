@@ -109,12 +109,12 @@ class IResNetExtractor(_Base):
     """IResNet face embeddings (paper eq. 1), 512-d, from an arcface_torch ``backbone.pth``.
 
     Faces run on :class:`vafusion.features.face_encoder.FaceEncoder`: batched, ``inference_mode``, on the
-    path measured fastest on this machine (remembered in the user cache): torch channels-last in the best
-    float precision the CPU runs natively (bf16 only with AVX512-BF16/AMX), ONNX Runtime fp32 where it wins
-    by 5 %, or int8 where it is 1.3x the float path and ``calibration`` crops are given (a folder or
-    ``.npz``; ``auto`` and ``none`` give none here: ``vafusion extract`` and ``RunBundle`` turn ``auto`` into
-    the stored set). The precision (and, for int8, the recipe and calibration set) enters the fingerprint;
-    fp32 backends agree to 3e-6.
+    path measured fastest on this machine (remembered in the user cache): torch (fused oneDNN convolutions)
+    in the best float precision the CPU runs natively (bf16 only with AVX512-BF16/AMX), ONNX Runtime fp32
+    where it wins by 5 %, or int8 where it is 1.3x the float path and ``calibration`` crops are given (a
+    folder or ``.npz``; ``auto`` and ``none`` give none here: ``vafusion extract`` and ``RunBundle`` turn
+    ``auto`` into the stored set). The precision (and, for int8, the recipe and calibration set) enters the
+    fingerprint; fp32 backends agree to 3e-6.
     """
 
     def __init__(
