@@ -26,8 +26,7 @@ from _common import load_text, machine, table
 from torch import nn
 
 from vafusion.cpu import choose_precision, cpu_info, keep_freed_memory
-from vafusion.features.face_encoder import fold_batchnorms
-from vafusion.features.face_fused import FusedIResNet
+from vafusion.features.face_fused import FusedIResNet, fold_batchnorms
 from vafusion.models.iresnet import iresnet
 
 

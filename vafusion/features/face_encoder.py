@@ -12,7 +12,6 @@ so it is made once. ``precision`` and ``backend`` override it. :class:`FaceEncod
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import os
 import time
@@ -22,7 +21,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from vafusion.cpu import (
     cache_dir,
@@ -34,7 +32,7 @@ from vafusion.cpu import (
 )
 from vafusion.features import face_int8
 from vafusion.features.face_choice import ROUNDS, ChoiceCache, decide, race, write_atomic
-from vafusion.features.face_fused import ENGINE, FusedIResNet
+from vafusion.features.face_fused import ENGINE, FusedIResNet, fold_batchnorms
 from vafusion.io.onnx import onnxruntime_available, session
 from vafusion.models.iresnet import EMBEDDING_SIZE, preprocess
 
@@ -42,31 +40,6 @@ PRECISIONS = ("fp32", "bf16", "int8")
 BACKENDS = ("torch", "onnxruntime")
 BACKENDS_OF = {"fp32": ("torch", "onnxruntime"), "bf16": ("torch",), "int8": ("onnxruntime",)}
 RACE_BATCH = 32
-
-
-def fold_batchnorms(net: nn.Module) -> nn.Module:
-    """A copy of an eval-mode IResNet with every BatchNorm that follows a convolution folded into it.
-
-    The stem's ``conv1 -> bn1``, each block's ``conv1 -> bn2``, ``conv2 -> bn3`` and the ``downsample``
-    pair fold exactly; a block's ``bn1`` precedes its convolution (whose zero padding would see the
-    BatchNorm shift) and stays.
-    """
-    out = copy.deepcopy(net).eval()
-    if hasattr(out, "layer1") and isinstance(getattr(out, "bn1", None), nn.BatchNorm2d):
-        out.conv1 = fuse_conv_bn_eval(out.conv1, out.bn1)
-        out.bn1 = nn.Identity()
-    for block in out.modules():
-        if hasattr(block, "conv1") and hasattr(block, "bn2") and hasattr(block, "bn3"):
-            block.conv1 = fuse_conv_bn_eval(block.conv1, block.bn2)
-            block.bn2 = nn.Identity()
-            block.conv2 = fuse_conv_bn_eval(block.conv2, block.bn3)
-            block.bn3 = nn.Identity()
-            ds = getattr(block, "downsample", None)
-            if isinstance(ds, nn.Sequential) and len(ds) == 2:
-                block.downsample = nn.Sequential(fuse_conv_bn_eval(ds[0], ds[1]))
-    for p in out.parameters():
-        p.requires_grad_(False)
-    return out
 
 
 class _TorchPath:

@@ -4,7 +4,7 @@ With AMX the convolutions of IResNet-50 run near the CPU's peak, so the work bet
 before each block's first convolution, PReLU, the residual addition, the head's BatchNorms) decides the
 speed. Every rewrite here is exact in real arithmetic; only rounding differs from the plain network:
 
-* each BatchNorm that follows a convolution is folded into it (as :func:`fold_batchnorms` does);
+* each BatchNorm that follows a convolution is folded into it (:func:`fold_batchnorms`);
 * a block's ``bn1`` precedes ``conv1``, whose zero padding sees the BatchNorm's shift, so its scale goes
   into ``conv1``'s input channels, its shift into ``conv1``'s bias for interior pixels, and the one-pixel
   border, where the padding would have seen the shift, gets a precomputed correction;
@@ -20,6 +20,7 @@ speed. Every rewrite here is exact in real arithmetic; only rounding differs fro
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,12 +106,37 @@ def _prelu(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
     return F.prelu(flat, slope).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
+def fold_batchnorms(net: nn.Module) -> nn.Module:
+    """A copy of an eval-mode IResNet with every BatchNorm that follows a convolution folded into it.
+
+    The stem's ``conv1 -> bn1``, each block's ``conv1 -> bn2``, ``conv2 -> bn3`` and the ``downsample``
+    pair fold exactly; a block's ``bn1`` precedes its convolution (whose zero padding would see the
+    BatchNorm shift) and stays.
+    """
+    out = copy.deepcopy(net).eval()
+    if hasattr(out, "layer1") and isinstance(getattr(out, "bn1", None), nn.BatchNorm2d):
+        out.conv1 = fuse_conv_bn_eval(out.conv1, out.bn1)
+        out.bn1 = nn.Identity()
+    for block in out.modules():
+        if hasattr(block, "conv1") and hasattr(block, "bn2") and hasattr(block, "bn3"):
+            block.conv1 = fuse_conv_bn_eval(block.conv1, block.bn2)
+            block.bn2 = nn.Identity()
+            block.conv2 = fuse_conv_bn_eval(block.conv2, block.bn3)
+            block.bn3 = nn.Identity()
+            ds = getattr(block, "downsample", None)
+            if isinstance(ds, nn.Sequential) and len(ds) == 2:
+                block.downsample = nn.Sequential(fuse_conv_bn_eval(ds[0], ds[1]))
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
+
+
 class _Block:
-    """An IBasicBlock with ``bn1`` folded into ``conv1`` (plus the border correction) and the residual
-    addition fused into ``conv2``."""
+    """An IBasicBlock of a :func:`fold_batchnorms` network with ``bn1`` folded into ``conv1`` too (plus the
+    border correction) and the residual addition fused into ``conv2``."""
 
     def __init__(self, block: nn.Module, size: int, dtype: torch.dtype) -> None:
-        c1 = fuse_conv_bn_eval(block.conv1, block.bn2)
+        c1 = block.conv1
         if c1.kernel_size != (3, 3) or c1.padding != (1, 1) or c1.stride != (1, 1):
             raise ValueError("an IBasicBlock's conv1 must be 3x3, padding 1, stride 1")
         scale, shift = _affine(block.bn1)
@@ -127,9 +153,8 @@ class _Block:
         self.rows = border[None, :, [0, -1], :].contiguous(memory_format=_CL)
         self.cols = border[None, :, 1:-1, :][..., [0, -1]].contiguous(memory_format=_CL)
         self.slope = block.prelu.weight.detach().to(dtype)
-        self.conv2 = _conv(fuse_conv_bn_eval(block.conv2, block.bn3), dtype)
-        ds = block.downsample
-        self.downsample = None if ds is None else _conv(fuse_conv_bn_eval(ds[0], ds[1]), dtype)
+        self.conv2 = _conv(block.conv2, dtype)
+        self.downsample = None if block.downsample is None else _conv(block.downsample[0], dtype)
         self.activation = c1.out_channels * size * size
         self.out_size = size // block.stride
 
@@ -159,11 +184,11 @@ class FusedIResNet:
     ) -> None:
         if chunk_bytes >= MMAP_THRESHOLD:
             raise ValueError(f"chunk_bytes must stay under glibc's mmap threshold ({MMAP_THRESHOLD} bytes)")
-        net = net.eval()
+        net = fold_batchnorms(net)
         self.dtype = dtype
         self.fused = pointwise_available(dtype) if fused is None else fused
         self.chunk_bytes = chunk_bytes
-        self.stem = _conv(fuse_conv_bn_eval(net.conv1, net.bn1), dtype)
+        self.stem = _conv(net.conv1, dtype)
         self.stem_slope = net.prelu.weight.detach().to(dtype)
         itemsize = torch.finfo(dtype).bits // 8
         self.steps: list[tuple[int, Callable[[torch.Tensor, bool], torch.Tensor]]] = [
