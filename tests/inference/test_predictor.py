@@ -193,6 +193,23 @@ def test_undecodable_audio_predicts_from_the_face_and_says_why(tmp_path, predict
     assert res.table["face"].mean() >= 0.9
 
 
+def test_no_face_and_no_audio_say_nothing_is_left_to_predict_from(tmp_path, predictor, photo):
+    face = np.zeros(20, bool)
+    clip = photo_clip(tmp_path / "empty.mp4", photo, n=20, fps=25, audio_rate=None, face=face)
+    with pytest.warns(AudioWarning) as caught:
+        res = predictor.predict_file(clip)
+    said = [str(w.message) for w in caught if issubclass(w.category, AudioWarning)]
+    assert any("no face found in any frame; predicting from nothing" in m for m in said), said
+    assert any("no audio track; predicting from nothing" in m for m in said), said
+    assert not any("alone" in m for m in said), said  # neither modality is left to predict from
+    check_table(res.table, 20)
+    assert not res.table["face"].any()
+    # with the voice present the same faceless clip is predicted from the voice, and says so
+    voiced = photo_clip(tmp_path / "voiced.mp4", photo, n=20, fps=25, face=face)
+    with pytest.warns(AudioWarning, match="no face found in any frame; predicting from the voice alone"):
+        predictor.predict_file(voiced)
+
+
 @pytest.mark.parametrize("rotation", [90])
 def test_rotation_metadata_is_applied(tmp_path, predictor, photo, rotation):
     clip = photo_clip(tmp_path / f"rot{rotation}.mp4", photo, n=20, fps=30, rotation=rotation)

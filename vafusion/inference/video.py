@@ -294,8 +294,10 @@ def audio_pass(
     chunk_s: int,
     margin_s: int,
     stream: int = 0,
+    rest: str = "the face alone",
 ) -> None:
-    """Fill ``vf``'s audio streams (``roles``: role -> extractor name) from audio stream ``stream``."""
+    """Fill ``vf``'s audio streams (``roles``: role -> extractor name) from audio stream ``stream``;
+    where there is no audio, the warning says the frames are predicted from ``rest``."""
     names = list(dict.fromkeys(roles.values()))
     n = vf.length
     broken = None
@@ -326,22 +328,25 @@ def audio_pass(
         return
     total = got.seconds
     if broken:
-        vf.warnings.append(f"{broken}; predicting from the face alone")
+        vf.warnings.append(f"{broken}; predicting from {rest}")
     elif total is None or total == 0:
-        vf.warnings.append(f"{vf.path}: no audio track; predicting from the face alone")
+        vf.warnings.append(f"{vf.path}: no audio track; predicting from {rest}")
     elif n and vf.times[-1] > total + 0.5:
         vf.warnings.append(
             f"{vf.path}: audio ends at {total:.1f} s, video at {vf.times[-1]:.1f} s; "
-            "later frames are predicted from the face alone"
+            f"later frames are predicted from {rest}"
         )
 
 
-def no_face_warning(path: Path, subject: Subject, most: int) -> str:
-    """The warning for a video in which the subject's face was never found."""
+NOTHING = "nothing: every value is the model's output without input, not a measurement"
+
+
+def no_face_warning(path: Path, subject: Subject, most: int, rest: str = "the voice alone") -> str:
+    """The warning for a video in which the subject's face was never found (the model has ``rest`` left)."""
     if isinstance(subject, int) and subject >= most > 0:
         seen = "1 face was" if most == 1 else f"{most} faces were"
         return (
             f"{path}: no face number {subject} from the left (counting from 0): at most {seen} visible at "
             f"once; every frame is predicted without a face (--subject 0..{most - 1} picks one)"
         )
-    return f"{path}: no face found in any frame; predicting from the voice alone"
+    return f"{path}: no face found in any frame; predicting from {rest}"
