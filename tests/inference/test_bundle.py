@@ -13,6 +13,7 @@ import yaml
 
 from tests.helpers import SHARED_VIDEOS
 from vafusion.cli import main
+from vafusion.errors import VafusionError
 from vafusion.features.face_int8 import CALIBRATION_FILE, calibration_crops, save_calibration
 from vafusion.inference.bundle import RunBundle, find_checkpoints
 from vafusion.inference.predictor import FeaturesWarning, Predictor
@@ -73,6 +74,14 @@ def test_the_tiny_untrained_model_runs_the_whole_pipeline(tmp_path, capsys) -> N
         and table["face"].mean() > 0.9
         and table[["valence", "arousal"]].abs().max().max() <= 1
     )
+
+
+def test_which_is_refused_for_a_registered_network_rather_than_ignored() -> None:
+    with pytest.raises(VafusionError, match="--which visual picks a model of a run directory") as caught:
+        RunBundle.load("vafusion_tiny", which="visual")
+    assert "pass --model visual" in str(caught.value)
+    assert RunBundle.load("visual").which == "visual" == RunBundle.load("visual", which="visual").which
+    assert set(RunBundle.load("vggish").streams) == {"vggish"}
 
 
 def _run_copy(tiny: Path, dest: Path, calibration: str | None = None) -> Path:

@@ -296,6 +296,13 @@ class RunBundle:
                 "the model's settings come from the run; repoint weight files with features.*",
             )
         if str(source) in model_names() and not Path(source).exists():
+            if which not in ("fusion", str(source)):
+                raise VafusionError(
+                    None,
+                    f"--which {which} picks a model of a run directory, but {source} is a registered network "
+                    "(untrained), not a run",
+                    f"pass --model {which} for an untrained {which} network, or --model RUN for a trained run",
+                )
             return cls.untrained(str(source), overrides)
         source = Path(source)
         if which not in model_names(trainable=True):
