@@ -301,7 +301,7 @@ class RunBundle:
                     None,
                     f"--which {which} picks a model of a run directory, but {source} is a registered network "
                     "(untrained), not a run",
-                    f"pass --model {which} for an untrained {which} network, or --model RUN for a trained run",
+                    f"pass --model {which} for an untrained {which} network, or --model RUN for a trained one",
                 )
             return cls.untrained(str(source), overrides)
         source = Path(source)
