@@ -296,14 +296,7 @@ class RunBundle:
                 "the model's settings come from the run; repoint weight files with features.*",
             )
         if str(source) in model_names() and not Path(source).exists():
-            if which not in ("fusion", str(source)):
-                raise VafusionError(
-                    None,
-                    f"--which {which} picks a model of a run directory, but {source} is a registered network "
-                    "(untrained), not a run",
-                    f"pass --model {which} for an untrained {which} network, or --model RUN for a trained one",
-                )
-            return cls.untrained(str(source), overrides)
+            return cls.untrained(str(source), overrides, which=which)
         source = Path(source)
         if which not in model_names(trainable=True):
             raise VafusionError(
@@ -340,8 +333,18 @@ class RunBundle:
         )
 
     @classmethod
-    def untrained(cls, name: str, feature_overrides: list[str] | None = None, seed: int = 0) -> RunBundle:
-        """A registered model with fresh weights (seeded) on the configured front ends, for smoke runs."""
+    def untrained(
+        cls, name: str, feature_overrides: list[str] | None = None, seed: int = 0, which: str | None = None
+    ) -> RunBundle:
+        """A registered model with fresh weights (seeded) on the configured front ends, for smoke runs;
+        ``which`` (``--which``) other than ``name`` or the default is refused, not ignored."""
+        if which not in (None, "fusion", name):
+            raise VafusionError(
+                None,
+                f"--which {which} picks a model of a run directory, but {name} is a registered network "
+                "(untrained), not a run",
+                f"pass --model {which} for an untrained {which}, or --model RUN for a trained one",
+            )
         cfg = run_config(None, {}, list(feature_overrides or []))
         resolved, _ = resolve_streams(cfg.features)
         roles = model_entry(name).roles

@@ -39,15 +39,7 @@ from vafusion.inference.bundle import RunBundle, feature_mismatches
 from vafusion.inference.ensemble import ensemble
 from vafusion.inference.onnx_net import onnx_runner
 from vafusion.inference.tables import Faces, person_table, prediction_table
-from vafusion.inference.video import (
-    NOTHING,
-    Follower,
-    OneFace,
-    VideoFeatures,
-    audio_pass,
-    face_pass,
-    no_face_warning,
-)
+from vafusion.inference.video import Follower, OneFace, VideoFeatures, audio_pass, face_pass, no_face_warning
 from vafusion.io.video import probe
 from vafusion.models.windows import sliding_predict
 
@@ -295,13 +287,12 @@ class Predictor:
             self.audio_chunk_s,
             self.audio_margin_s,
             self.audio_stream,
-            rest="the face alone" if self.roles_with("face") and not no_face else NOTHING,
+            rest="the face alone" if self.roles_with("face") and not no_face else None,
         )
-        if no_face:  # said first, and what is left to predict from is known once the audio is read
-            voice = bool(audio_roles) and any(v.any() for v in vf.audio_valid.values())
+        if no_face:  # said first; what is left to predict from is known once the audio is read
+            rest = "the voice alone" if any(v.any() for v in vf.audio_valid.values()) else None
             track = follower.track if isinstance(follower, OneFace) else follower
             subject = getattr(track, "subject", "largest")
-            rest = "the voice alone" if voice else NOTHING
             vf.warnings.insert(0, no_face_warning(path, subject, track.most_faces, rest))
         if self.hook is not None:
             self.hook("features", vf, file=path)

@@ -294,10 +294,10 @@ def audio_pass(
     chunk_s: int,
     margin_s: int,
     stream: int = 0,
-    rest: str = "the face alone",
+    rest: str | None = "the face alone",
 ) -> None:
     """Fill ``vf``'s audio streams (``roles``: role -> extractor name) from audio stream ``stream``;
-    where there is no audio, the warning says the frames are predicted from ``rest``."""
+    where there is no audio, the warning says the frames are predicted from ``rest`` (None: nothing)."""
     names = list(dict.fromkeys(roles.values()))
     n = vf.length
     broken = None
@@ -326,7 +326,7 @@ def audio_pass(
     vf.timings.update(audio_decode=got.decode_s, audio_encode=got.encode_s)
     if not roles:
         return
-    total = got.seconds
+    total, rest = got.seconds, rest or NOTHING
     if broken:
         vf.warnings.append(f"{broken}; predicting from {rest}")
     elif total is None or total == 0:
@@ -341,12 +341,13 @@ def audio_pass(
 NOTHING = "nothing: every value is the model's output without input, not a measurement"
 
 
-def no_face_warning(path: Path, subject: Subject, most: int, rest: str = "the voice alone") -> str:
-    """The warning for a video in which the subject's face was never found (the model has ``rest`` left)."""
+def no_face_warning(path: Path, subject: Subject, most: int, rest: str | None = "the voice alone") -> str:
+    """The warning for a video in which the subject's face was never found (``rest``: what the model has
+    left to predict from; None: nothing)."""
     if isinstance(subject, int) and subject >= most > 0:
         seen = "1 face was" if most == 1 else f"{most} faces were"
         return (
             f"{path}: no face number {subject} from the left (counting from 0): at most {seen} visible at "
             f"once; every frame is predicted without a face (--subject 0..{most - 1} picks one)"
         )
-    return f"{path}: no face found in any frame; predicting from {rest}"
+    return f"{path}: no face found in any frame; predicting from {rest or NOTHING}"
