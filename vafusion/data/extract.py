@@ -23,7 +23,7 @@ from vafusion.errors import OutputError, VafusionError
 from vafusion.features.audio_stream import stream_audio_features
 from vafusion.features.extractors import FeaturesConfig, configured_extractor
 from vafusion.features.store import build_manifest, feature_path, read_meta, shard_manifest, write_features
-from vafusion.features.timing import anchor_rows, fill_between_anchors
+from vafusion.features.timing import StrideAnchors, fill_between_anchors
 from vafusion.io.atomic import clean_stale_temps, prepare_dir, write_json
 from vafusion.io.video import VideoInfo, probe, row_times
 
@@ -126,37 +126,37 @@ def face_features(
     """Encode the crops of frames 1..n; frames without a (readable) crop are invalid.
 
     With ``stride`` k > 1 every crop is still read (an unreadable one stays invalid) but only every k-th
-    of each run of readable crops, and the run's last, is encoded; the others are interpolated.
+    of each run of readable crops, and the run's last, is encoded; the others are interpolated. Each crop
+    is read once: the anchors are picked as the crops arrive (:class:`StrideAnchors`).
     """
     index = crop_index(sample.crops)
     if sample.crops is None or not index:
         stats.notes["no crop folder"].append(sample.name)
     feats = np.zeros((n, extractor.dim), np.float32)
-    valid = np.zeros(n, bool)
-    frames = [i for i in range(1, n + 1) if i in index]
-    missing = n - len(frames)
-    corrupt = []
+    readable, encoded = np.zeros(n, bool), np.zeros(n, bool)
+    corrupt: list[str] = []
+    select: StrideAnchors[tuple[int, np.ndarray | None]] = StrideAnchors(max(1, stride))
+    todo: list[tuple[int, np.ndarray | None]] = []
+
+    def encode(items: list[tuple[int, np.ndarray | None]], last: bool = False) -> None:
+        todo.extend(items)
+        while len(todo) >= batch or (last and todo):
+            rows = [r for r, _ in todo[:batch]]
+            feats[rows] = extractor.encode(np.stack([img for _, img in todo[:batch]]))
+            encoded[rows] = True
+            del todo[:batch]
+
+    for i in range(1, n + 1):
+        img = read_crop(index[i]) if i in index else None
+        if img is None and i in index:
+            corrupt.append(index[i].name)
+        readable[i - 1] = img is not None
+        encode(select.push((i - 1, img), img is not None))
+    encode(select.finish(), last=True)
+    valid = encoded
     if stride > 1:
-        readable = np.zeros(n, bool)
-        for i in frames:
-            readable[i - 1] = read_crop(index[i]) is not None
-        corrupt = [index[i].name for i in frames if not readable[i - 1]]
-        frames = [int(r) + 1 for r in anchor_rows(readable, stride)]
-    for k in range(0, len(frames), batch):
-        chunk = frames[k : k + batch]
-        imgs, keep = [], []
-        for i in chunk:
-            img = read_crop(index[i])
-            if img is None:
-                corrupt.append(index[i].name)
-            else:
-                imgs.append(img)
-                keep.append(i - 1)
-        if imgs:
-            feats[keep] = extractor.encode(np.stack(imgs))
-            valid[keep] = True
-    if stride > 1:
-        feats, valid = fill_between_anchors(feats, valid, readable)
+        feats, valid = fill_between_anchors(feats, encoded, readable)
+    missing = n - sum(1 for i in range(1, n + 1) if i in index)
     if missing and index:
         stats.notes["frames without crop"].append(f"{sample.name} ({missing})")
     if corrupt:
