@@ -34,3 +34,20 @@ def test_face_row_i_comes_from_crop_i(tmp_path_factory, n, seed, batch):
     assert np.array_equal(valid, want)
     assert np.array_equal(feats[want, 0], 5.0 * np.arange(1, n + 1)[want])
     assert (feats[~want] == 0).all()
+
+
+def test_with_a_face_stride_each_crop_is_read_once(tmp_path, monkeypatch):
+    import vafusion.data.extract as extract
+
+    for i in range(1, 31):
+        cv2.imwrite(str(tmp_path / f"{i:05d}.png"), np.full((112, 112, 3), 5 * i, np.uint8))
+    (tmp_path / "00012.png").write_bytes(b"")  # unreadable: ends a run
+    reads: list[str] = []
+    real = extract.read_crop
+    monkeypatch.setattr(extract, "read_crop", lambda p: reads.append(p.name) or real(p))
+    sample = Sample("s", "s", None, "Train_Set", None, tmp_path)
+    feats, valid = face_features(_Brightness(), sample, 30, 4, ExtractorStats(), stride=5)
+    assert sorted(reads) == [f"{i:05d}.png" for i in range(1, 31)]
+    assert np.array_equal(valid, np.arange(1, 31) != 12)
+    # anchors 1, 6, 11 | 13, 18, 23, 28, 30 are exact; rows between them are interpolated linearly
+    assert np.allclose(feats[valid, 0], 5.0 * np.arange(1, 31)[valid])
