@@ -21,7 +21,9 @@ from vafusion.face.align import FaceAligner
 from vafusion.face.detect import FaceDetector
 from vafusion.features import face_encoder as fe
 from vafusion.features.extractors import FeaturesConfig, IResNetExtractor
-from vafusion.features.face_int8 import RECIPE, load_calibration
+from vafusion.features.face_fused import fold_batchnorms
+from vafusion.features.face_int8 import RECIPE, build_int8, export_onnx, load_calibration
+from vafusion.io.onnx import session
 from vafusion.io.video import iter_frames
 from vafusion.models.iresnet import iresnet, preprocess
 
@@ -184,6 +186,29 @@ def test_int8_keeps_the_embeddings_of_held_out_real_faces(
     assert len(cached) == 1  # the quantised model is kept for the next process
     again = fe.FaceEncoder(real_net, batch=8, precision="int8", calibration=calibration)
     np.testing.assert_array_equal(again(held_out), out)
+
+
+@pytest.mark.skipif(not fe.onnxruntime_available(), reason="onnxruntime not installed (the onnx extra)")
+def test_int8_builds_where_the_exporter_shares_equal_constants(crops) -> None:
+    """BatchNorms at their defaults fold into all-zero biases, which the ONNX exporter stores once and
+    names through Identity nodes: the int8 build reads them through those (it raised KeyError before and
+    the race silently left int8 out)."""
+    import onnx
+
+    torch.manual_seed(0)
+    net = iresnet("iresnet18").eval()
+    folded = fold_batchnorms(net)
+    exported = onnx.load_from_string(export_onnx(folded))
+    assert any(n.op_type == "Identity" for n in exported.graph.node)
+    model = onnx.load_from_string(build_int8(folded, crops, 2))
+    produced = {o for n in model.graph.node for o in n.output} | {i.name for i in model.graph.initializer}
+    assert all(i in produced for n in model.graph.node for i in n.input if i != "faces")
+    assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) > 0
+    out = session(model.SerializeToString(), 2).run(None, {"faces": preprocess(crops).numpy()})[0]
+    with torch.no_grad():
+        ref = net(preprocess(crops)).numpy()
+    cos = (out * ref).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= INT8_COS_MIN
 
 
 def test_fingerprint_says_which_precision_made_the_features(tmp_path, net: nn.Module, crops) -> None:

@@ -203,6 +203,15 @@ class _Writer:
         self.onnx = onnx
         self.nodes: list = []
         self.inits = {i.name: i for i in model.graph.initializer}
+        # the exporter stores equal constants once and names the others through Identity nodes (e.g. the
+        # all-zero biases of BatchNorms at their defaults)
+        self.alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
+
+    def array(self, name: str) -> np.ndarray:
+        """The constant ``name``, through the exporter's Identity aliases."""
+        while name not in self.inits and name in self.alias:
+            name = self.alias[name]
+        return self.onnx.numpy_helper.to_array(self.inits[name])
 
     def const(self, name: str, value: np.ndarray) -> str:
         self.inits[name] = self.onnx.numpy_helper.from_array(value, name)
@@ -225,7 +234,7 @@ class _Writer:
         tag = node.name.strip("/").replace("/", ".")
         x, w, b = node.input[0], node.input[1], node.input[2]
         x_scale = self.qdq(x, f"{tag}.x", f"{tag}.x", *ranges[x])
-        weight = self.onnx.numpy_helper.to_array(self.inits.pop(w)).astype(np.float32)
+        weight = self.array(w).astype(np.float32)
         w_scale = np.maximum(np.abs(weight).reshape(len(weight), -1).max(1), 1e-12) / 127.0
         shape = (-1,) + (1,) * (weight.ndim - 1)
         w_q = np.clip(np.round(weight / w_scale.reshape(shape)), -127, 127).astype(np.int8)
@@ -233,7 +242,7 @@ class _Writer:
         self.const(f"{tag}.w", w_q)
         self.dq(f"{tag}.wf", f"{tag}.w", self.const(f"{tag}.ws", w_scale.astype(np.float32)),
                 self.const(f"{tag}.wz", zeros8), axis=0)  # fmt: skip
-        bias = self.onnx.numpy_helper.to_array(self.inits.pop(b)).astype(np.float64)
+        bias = self.array(b).astype(np.float64)
         b_scale = (x_scale * w_scale.astype(np.float64)).astype(np.float32)
         b_q = np.round(bias / b_scale).astype(np.int32)
         self.const(f"{tag}.b", b_q)
@@ -257,11 +266,18 @@ def quantise(model, ranges: dict[str, tuple[float, float]]):
             writer.conv(node, ranges)
         else:
             writer.nodes.append(node)
+    nodes = writer.nodes
+    while True:  # the float weights and biases that were quantised go, with Identity aliases of them
+        used = {name for node in nodes for name in node.input} | {o.name for o in model.graph.output}
+        kept = [n for n in nodes if n.op_type != "Identity" or n.output[0] in used]
+        if len(kept) == len(nodes):
+            break
+        nodes = kept
     out = copy.deepcopy(model)
     del out.graph.node[:]
-    out.graph.node.extend(writer.nodes)
+    out.graph.node.extend(nodes)
     del out.graph.initializer[:]
-    out.graph.initializer.extend(writer.inits.values())
+    out.graph.initializer.extend(v for k, v in writer.inits.items() if k in used)
     return out
 
 
