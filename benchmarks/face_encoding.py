@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import logging
 import tempfile
 import time
@@ -44,7 +43,8 @@ from torch import nn
 from vafusion.cpu import choose_precision, cpu_info, cpu_kind
 from vafusion.features.face_choice import ChoiceCache
 from vafusion.features.face_encoder import FaceEncoder
-from vafusion.io.onnx import onnxruntime_available, session
+from vafusion.features.face_int8 import conv_probe
+from vafusion.io.onnx import onnxruntime_available
 from vafusion.models.iresnet import IResNet, iresnet, preprocess
 
 BATCH = 32
@@ -128,84 +128,20 @@ def crop_sets(crops_dir: Path, n_test: int | None) -> tuple[dict[str, np.ndarray
     return {**sets, "test": test, "timing": sets["test"][:BATCH]}, f"{source}; {len(test)} held out"
 
 
-def _ort_conv(c: int, hw: int, threads: int):
-    """A bare float32 3x3 convolution as an ONNX Runtime session, and its input."""
-    conv = nn.Conv2d(c, c, 3, padding=1, bias=False).eval()
-    blob = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            conv,
-            (torch.zeros(BATCH, c, hw, hw),),
-            blob,
-            input_names=["x"],
-            output_names=["y"],
-            opset_version=17,
-            dynamo=False,
-        )
-    sess = session(blob.getvalue(), threads, spin=False)
-    x = np.random.default_rng(0).standard_normal((BATCH, c, hw, hw)).astype(np.float32)
-    return lambda: sess.run(None, {"x": x})
-
-
-def _int8_conv(c: int, hw: int, threads: int):
-    """A bare int8 3x3 convolution (uint8 in and out, int8 per-channel weights: one ``QLinearConv``)."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    consts = {
-        "xs": np.array(0.03, np.float32),
-        "xz": np.array(128, np.uint8),
-        "w": rng.integers(-127, 128, (c, c, 3, 3)).astype(np.int8),
-        "ws": np.full(c, 0.01, np.float32),
-        "wz": np.zeros(c, np.int8),
-        "b": np.zeros(c, np.int32),
-        "bs": np.full(c, 3e-4, np.float32),
-        "bz": np.zeros(c, np.int32),
-        "ys": np.array(0.05, np.float32),
-        "yz": np.array(128, np.uint8),
-    }
-    nodes = [
-        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["x"]),
-        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
-        helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bf"], axis=0),
-        helper.make_node("Conv", ["x", "wf", "bf"], ["y"], pads=[1, 1, 1, 1]),
-        helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "conv",
-        [helper.make_tensor_value_info("xq", TensorProto.UINT8, [BATCH, c, hw, hw])],
-        [helper.make_tensor_value_info("yq", TensorProto.UINT8, [BATCH, c, hw, hw])],
-        [numpy_helper.from_array(v, k) for k, v in consts.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    sess = session(model.SerializeToString(), threads, spin=False)
-    x = rng.integers(0, 256, (BATCH, c, hw, hw)).astype(np.uint8)
-    return lambda: sess.run(None, {"xq": x})
-
-
 def conv_candidates(precisions: list[str], with_ort: bool) -> dict[str, tuple]:
-    """``{"<precision> <backend> conv CxHxW": (fn, GFLOP)}``: bare stage-shape convolutions for the peaks."""
+    """``{"<precision> <backend> conv CxHxW": (fn, GFLOP)}``: bare stage-shape convolutions for the peaks,
+    built as the face path's int8 probe builds them (``face_int8.conv_probe``: channels-last torch, a plain
+    ONNX Runtime ``Conv``, int8 as one ``QLinearConv``)."""
     out = {}
     threads = torch.get_num_threads()
+    kinds = [f"{p}/torch" for p in precisions if p != "int8"]
+    if with_ort:
+        kinds += ["fp32/onnxruntime", *(["int8/onnxruntime"] if "int8" in precisions else [])]
     for c, hw in STAGE_SHAPES:
         gflop = 2 * BATCH * c * c * 9 * hw * hw / 1e9
-        for prec in (p for p in precisions if p != "int8"):
-            dtype = torch.bfloat16 if prec == "bf16" else torch.float32
-            conv = nn.Conv2d(c, c, 3, padding=1, bias=False).eval().to(dtype)
-            conv = conv.to(memory_format=torch.channels_last)
-            x = torch.randn(BATCH, c, hw, hw).to(dtype).contiguous(memory_format=torch.channels_last)
-
-            def run(conv=conv, x=x) -> None:
-                with torch.inference_mode():
-                    conv(x)
-
-            out[f"{prec} torch conv {c}x{hw}x{hw}"] = (run, gflop)
-        if with_ort:
-            out[f"fp32 onnxruntime conv {c}x{hw}x{hw}"] = (_ort_conv(c, hw, threads), gflop)
-        if with_ort and "int8" in precisions:
-            out[f"int8 onnxruntime conv {c}x{hw}x{hw}"] = (_int8_conv(c, hw, threads), gflop)
+        for kind in kinds:
+            prec, backend = kind.split("/")
+            out[f"{prec} {backend} conv {c}x{hw}x{hw}"] = (conv_probe(kind, threads, BATCH, c, hw), gflop)
     return out
 
 

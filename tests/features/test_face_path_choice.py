@@ -16,6 +16,8 @@ from tests.test_cpu import AVX2_ONLY, AVX512_BF16, _simulated
 from vafusion.features import face_choice as fc
 from vafusion.features import face_encoder as fe
 
+INT8_GATE = fe._int8_left_out
+
 
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch) -> None:
@@ -55,6 +57,7 @@ def fake_paths(monkeypatch, clock: Clock, seconds: dict[str, float], loads: list
 
     monkeypatch.setattr(fe, "_build_path", build)
     monkeypatch.setattr(fe, "onnxruntime_available", lambda: True)
+    monkeypatch.setattr(fe, "_int8_left_out", lambda *args: None)  # the bare-convolution probe: own test
     return built
 
 
@@ -131,6 +134,50 @@ def test_int8_is_chosen_only_where_it_pays(monkeypatch) -> None:
         clock = Clock()
         fake_paths(monkeypatch, clock, {"bf16/torch": 1.0, "int8/onnxruntime": int8_s}, NOISY)
         assert _select(clock, calibration=crops + int(int8_s * 10)).precision == want
+
+
+def test_int8_amdahl_bound_and_the_share_the_recipe_quantises() -> None:
+    from vafusion.features.face_int8 import needed_conv_gain, quantised_share
+    from vafusion.models.iresnet import iresnet
+
+    assert needed_conv_gain(0.66, 1.3) == pytest.approx(0.66 / (1 / 1.3 - 0.34))  # 1.54
+    assert needed_conv_gain(1.0, 1.3) == pytest.approx(1.3)
+    assert (
+        needed_conv_gain(0.2, 1.3) == float("inf") == needed_conv_gain(0.0, 1.3)
+    )  # even free convs fall short
+    share = quantised_share(iresnet("iresnet50").eval())
+    assert 0.64 < share < 0.68  # layer3 + layer4: 66 % of IResNet-50's multiply-adds (face_int8's docstring)
+
+
+@pytest.mark.parametrize("int8_conv_s, built", [(0.5, True), (1.5, False)])
+def test_int8_is_not_built_where_a_bare_int8_convolution_cannot_pay(monkeypatch, int8_conv_s, built) -> None:
+    """Calibrating and racing int8 costs tens of seconds: where a bare int8 convolution is too slow for the
+    quantised share to give 1.3x (the bound with MARGIN), int8 is left out before it is built."""
+    from vafusion.features import face_int8
+
+    monkeypatch.setattr(fe, "cpu_info", lambda: _simulated(AVX512_BF16))
+    monkeypatch.setattr(fe, "choose_precision", lambda info: "bf16")
+    clock = Clock()
+    log = fake_paths(monkeypatch, clock, {"bf16/torch": 1.0, "int8/onnxruntime": 0.5}, NOISY)
+    monkeypatch.setattr(fe, "_int8_left_out", INT8_GATE)  # fake paths, the real gate on fake convolutions
+    monkeypatch.setattr(face_int8, "quantised_share", lambda net: 0.66)
+
+    def probe(kind: str, threads: int, batch: int):
+        def run() -> None:
+            clock.now += {"bf16/torch": 1.0, "int8/onnxruntime": int8_conv_s}[kind]
+
+        return run
+
+    monkeypatch.setattr(face_int8, "conv_probe", probe)
+    path = _select(clock, calibration=np.zeros((16, 112, 112, 3), np.uint8))
+    assert ("int8/onnxruntime" in log) == built
+    if built:  # 2x on the bare convolution: built, raced, and taken (2x on the network here)
+        assert path.precision == "int8"
+    else:  # 0.67x: never built; the reason says why
+        assert (
+            path.precision == "bf16"
+            and "int8/onnxruntime not built: a bare int8 convolution runs 0.67x" in path.reason
+        )
 
 
 def test_settings_override_the_choice(monkeypatch) -> None:

@@ -3,11 +3,12 @@
 :func:`select_face_path` lists the candidates: the best float precision by rule
 (:func:`vafusion.cpu.choose_precision`: bf16 only with native bf16 dot products) on torch (fused oneDNN
 convolutions, :mod:`face_fused`) and, for fp32, ONNX Runtime; plus int8 on ONNX Runtime
-(:mod:`face_int8`) when calibration crops are given. It times them in interleaved rounds and keeps torch
-unless another path wins by a margin, int8 only at 1.3x the float path (:mod:`face_choice`); the choice is
-remembered per machine, library versions, threads, settings, network and torch engine in the user cache,
-so it is made once. ``precision`` and ``backend`` override it. :class:`FaceEncoder` runs the chosen path;
-``IResNetExtractor`` uses it.
+(:mod:`face_int8`) when calibration crops are given and a bare int8 convolution is fast enough for it to
+pay (else it is not even built: that costs tens of seconds). It times them in interleaved rounds and
+keeps torch unless another path wins by a margin, int8 only at 1.3x the float path (:mod:`face_choice`);
+the choice is remembered per machine, library versions, threads, settings, network and torch engine in
+the user cache, so it is made once. ``precision`` and ``backend`` override it. :class:`FaceEncoder` runs
+the chosen path; ``IResNetExtractor`` uses it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,16 @@ from vafusion.cpu import (
     machine_key,
 )
 from vafusion.features import face_int8
-from vafusion.features.face_choice import ROUNDS, ChoiceCache, decide, race, write_atomic
+from vafusion.features.face_choice import (
+    INT8_GAIN,
+    MARGIN,
+    ROUNDS,
+    ChoiceCache,
+    decide,
+    race,
+    ratio,
+    write_atomic,
+)
 from vafusion.features.face_fused import ENGINE, FusedIResNet, fold_batchnorms
 from vafusion.io.onnx import onnxruntime_available, session
 from vafusion.models.iresnet import EMBEDDING_SIZE, preprocess
@@ -178,6 +188,9 @@ def _measure(
 ) -> tuple[FacePath, dict[str, Callable[[torch.Tensor], np.ndarray]]]:
     """Build every candidate (one that fails is left out when others remain), race them, decide."""
     paths, notes = {}, []
+    left_out = _int8_left_out(net, names[0], int8, batch, rounds, timer) if int8 in names else None
+    if left_out:
+        names, notes = [n for n in names if n != int8], [left_out]
     for name in names:
         try:
             paths[name] = _build_path(net, *name.split("/"), calibration)
@@ -198,6 +211,30 @@ def _measure(
     reason = f"timed {timed} faces/s (median of {rounds} interleaved rounds, batch {batch}); {why}"
     per_round = {n: [round(v, 2) for v in r] for n, r in rates.items()}
     return FacePath(*best.split("/"), speeds, "; ".join([reason, *notes]), per_round), paths
+
+
+def _int8_left_out(
+    net: nn.Module, default: str, int8: str, batch: int, rounds: int, timer: Callable[[], float]
+) -> str | None:
+    """Why the int8 path is not even built (its calibration and race cost tens of seconds), or ``None``.
+
+    A bare int8 convolution is raced against the default path's; int8 is left out where it runs slower
+    than the quantised share of the network needs for ``INT8_GAIN`` (:func:`face_int8.needed_conv_gain`),
+    by more than ``MARGIN``, so a path that might still win is always built and raced.
+    """
+    try:
+        share = face_int8.quantised_share(net)
+        probes = {n: face_int8.conv_probe(n, torch.get_num_threads(), batch) for n in (default, int8)}
+    except Exception:  # no probe, no shortcut: the full build and race decide
+        return None
+    needed = face_int8.needed_conv_gain(share, INT8_GAIN)
+    gain = ratio(race(probes, batch, rounds, timer), int8, default)
+    if gain * MARGIN >= needed:
+        return None
+    return (
+        f"{int8} not built: a bare int8 convolution runs {gain:.2f}x {default}'s here; with {share:.0%} of "
+        f"the multiply-adds quantised the network needs {needed:.2f}x for {INT8_GAIN}x"
+    )
 
 
 def select_face_path(

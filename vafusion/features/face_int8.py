@@ -25,6 +25,7 @@ import copy
 import io
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -290,3 +291,97 @@ def build_int8(folded: nn.Module, crops: np.ndarray, threads: int) -> bytes:
     tensors = sorted({t for n in convs for t in (n.input[0], n.output[0])})
     ranges = calibrate(model, crops, tensors, threads)
     return quantise(model, ranges).SerializeToString()
+
+
+def quantised_share(net: nn.Module) -> float:
+    """The share of ``net``'s multiply-adds (one face) in the convolutions the recipe quantises."""
+    keep = tuple(k.strip("/") for k in KEEP_FP32)
+    macs: dict[str, tuple[bool, int]] = {}
+
+    def count(name: str, quantised: bool):
+        def hook(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            macs[name] = (quantised, out[0].numel() * module.weight[0].numel())
+
+        return hook
+
+    hooks = [
+        m.register_forward_hook(count(name, isinstance(m, nn.Conv2d) and not name.startswith(keep)))
+        for name, m in net.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, 112, 112))
+    finally:
+        for h in hooks:
+            h.remove()
+    total = sum(n for _, n in macs.values())
+    return sum(n for q, n in macs.values() if q) / total if total else 0.0
+
+
+def needed_conv_gain(share: float, gain: float) -> float:
+    """How much faster the quantised convolutions must run for the network to be ``gain`` x faster, when
+    they hold ``share`` of the work and the rest runs as fast as on the float path (Amdahl): infinite where
+    even free convolutions would not do."""
+    rest = 1.0 / gain - (1.0 - share)
+    return share / rest if share > 0 and rest > 0 else float("inf")
+
+
+def conv_probe(
+    kind: str, threads: int, batch: int, channels: int = 256, side: int = 14
+) -> Callable[[], object]:
+    """One bare 3x3 convolution (``channels`` in and out, ``side`` x ``side``, ``batch`` faces; default: the
+    IResNet stage holding most of the quantised work) as the face path ``kind`` (``precision/backend``)
+    runs it: int8 as one ``QLinearConv`` (uint8 activations, per-channel int8 weights), fp32 on ONNX
+    Runtime, or a channels-last torch convolution in fp32 or bf16."""
+    precision, backend = kind.split("/")
+    rng = np.random.default_rng(0)
+    shape = (batch, channels, side, side)
+    if backend == "torch":
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        x = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+        w = (
+            (0.05 * torch.randn(channels, channels, 3, 3))
+            .to(dtype)
+            .contiguous(memory_format=torch.channels_last)
+        )
+        b = torch.zeros(channels, dtype=dtype)
+
+        def run() -> object:
+            with torch.inference_mode():
+                return torch.nn.functional.conv2d(x, w, b, padding=1)
+
+        return run
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = rng.integers(-127, 128, (channels, channels, 3, 3)).astype(np.int8)
+    if precision == "int8":
+        zeros = np.zeros(channels, np.int32)
+        consts = {"xs": np.float32(0.03), "xz": np.uint8(128), "w": weights,
+                  "ws": np.full(channels, 0.01, np.float32), "wz": zeros.astype(np.int8), "b": zeros,
+                  "bs": np.full(channels, 3e-4, np.float32), "bz": zeros, "ys": np.float32(0.05),
+                  "yz": np.uint8(128)}  # fmt: skip
+        nodes = [
+            helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["x"]),
+            helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
+            helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bf"], axis=0),
+            helper.make_node("Conv", ["x", "wf", "bf"], ["y"], pads=[1, 1, 1, 1]),
+            helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
+        ]
+        io_type, feed = TensorProto.UINT8, rng.integers(0, 256, shape).astype(np.uint8)
+        names = ("xq", "yq")
+    else:
+        consts = {"wf": 0.01 * weights.astype(np.float32), "bf": np.zeros(channels, np.float32)}
+        nodes = [helper.make_node("Conv", ["x", "wf", "bf"], ["y"], pads=[1, 1, 1, 1])]
+        io_type, feed = TensorProto.FLOAT, rng.standard_normal(shape).astype(np.float32)
+        names = ("x", "y")
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info(names[0], io_type, list(shape))],
+        [helper.make_tensor_value_info(names[1], io_type, list(shape))],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()],
+    )
+    sess = session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+                   threads, spin=False)  # fmt: skip
+    return lambda: sess.run(None, {names[0]: feed})
