@@ -295,7 +295,7 @@ def build_int8(folded: nn.Module, crops: np.ndarray, threads: int) -> bytes:
 
 def quantised_share(net: nn.Module) -> float:
     """The share of ``net``'s multiply-adds (one face) in the convolutions the recipe quantises."""
-    keep = tuple(k.strip("/") for k in KEEP_FP32)
+    keep = tuple(k.strip("/") for k in KEEP_FP32)  # module names: "conv1", "layer1", "layer2"
     macs: dict[str, tuple[bool, int]] = {}
 
     def count(name: str, quantised: bool):
@@ -305,7 +305,7 @@ def quantised_share(net: nn.Module) -> float:
         return hook
 
     hooks = [
-        m.register_forward_hook(count(name, isinstance(m, nn.Conv2d) and not name.startswith(keep)))
+        m.register_forward_hook(count(name, isinstance(m, nn.Conv2d) and name.split(".")[0] not in keep))
         for name, m in net.named_modules()
         if isinstance(m, nn.Conv2d | nn.Linear)
     ]

@@ -279,10 +279,9 @@ class Predictor:
         people = fp.rows({r: self.extractor(r) for r in self.roles_with("face")}, stride)
         vf = VideoFeatures(path, info, fp.times, people, timings=fp.timings)
         no_face = not any(p.face.any() for p in people) and bool(self.roles_with("face"))
-        audio_roles = self.roles_with("audio")
         audio_pass(
             vf,
-            {r: self.streams[r] for r in audio_roles},
+            {r: self.streams[r] for r in self.roles_with("audio")},
             self.extractors,
             self.audio_chunk_s,
             self.audio_margin_s,
