@@ -76,11 +76,25 @@ def test_extract_then_cv_writes_the_run_directory(corpus, capsys):
     assert "done    0" in capsys.readouterr().out
 
 
-def test_bad_input_exits_2_with_one_line(corpus, capsys):
-    assert main(["cv", "--data", str(corpus / "nope"), "--features", "x", "--out", "y"]) == 2
+def test_bad_input_exits_2_with_one_line(corpus, capsys, tmp_path):
+    out = tmp_path / "runs" / "y"
+    assert main(["cv", "--data", str(corpus / "nope"), "--features", "x", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nope" in err[0] and "dataset folder not found" in err[0]
+    assert not (tmp_path / "runs").exists()  # the failed command leaves no empty output folder
     assert (
-        main(["cv", "--data", str(corpus / "data"), "--features", "x", "--out", "y", "--set", "train.lrr=1"])
+        main(
+            [
+                "cv",
+                "--data",
+                str(corpus / "data"),
+                "--features",
+                "x",
+                "--out",
+                str(out),
+                "--set",
+                "train.lrr=1",
+            ]
+        )
         == 2
     )

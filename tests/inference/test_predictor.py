@@ -424,8 +424,16 @@ def test_cli_bad_video_is_one_line_exit_2(tiny, tmp_path, capsys):
     )
     err = [line for line in capsys.readouterr().err.strip().splitlines() if "vafusion: warning:" not in line]
     assert len(err) == 1 and "broken.mp4" in err[0] and err[0].startswith("vafusion: error:")
-    assert main(["predict", str(bad), "--model", str(tmp_path / "norun"), "--quiet"]) == 2
+    out = tmp_path / "o2"
+    assert main(["predict", str(bad), "--model", str(tmp_path / "norun"), "--out", str(out), "--quiet"]) == 2
     assert "run directory not found" in capsys.readouterr().err
+    assert not out.exists()  # a command that fails before writing leaves no empty folder
+    (tmp_path / "kept").mkdir()  # but a folder that was there already stays
+    assert (
+        main(["predict", str(bad), "--model", str(tiny / "run"), "--out", str(tmp_path / "kept"), "--quiet"])
+        == 2
+    )
+    assert (tmp_path / "kept").is_dir()
 
 
 def test_overlay_of_a_rotated_vfr_clip_keeps_times_and_upright_frames(tmp_path, predictor, photo):

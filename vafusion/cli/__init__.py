@@ -16,6 +16,7 @@ import traceback
 from vafusion.cli import data, export, infer, train
 from vafusion.cli.common import Parser
 from vafusion.errors import VafusionError
+from vafusion.io.atomic import MADE, remove_made_if_empty
 
 EPILOG = "Configuration keys: `vafusion config --show` prints every key with its default."
 
@@ -41,9 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``vafusion`` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    MADE.clear()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if code:  # e.g. predict with no readable video: no empty --out folder is left
+            remove_made_if_empty()
+        return code
     except VafusionError as exc:
+        remove_made_if_empty()
         if getattr(args, "verbose", False):
             traceback.print_exc()
         print(f"vafusion: error: {exc.one_line()}", file=sys.stderr)
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a write outside vafusion's own (a library's log file) on a full or locked disk
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             raise
+        remove_made_if_empty()
         where = f" writing {exc.filename}" if exc.filename else ""
         fix = "free space or write elsewhere (finished files are kept)"
         print(f"vafusion: error: {exc.strerror}{where}; {fix}", file=sys.stderr)

@@ -88,6 +88,19 @@ def _atomic_path(path: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+MADE: list[Path] = []
+"""Folders :func:`prepare_dir` created in this process, outermost first (see :func:`remove_made_if_empty`)."""
+
+
+def remove_made_if_empty() -> None:
+    """Remove the folders :func:`prepare_dir` created that are still empty, innermost first: a command
+    that fails before it writes anything leaves no empty output folder behind. Forgets them either way."""
+    for folder in reversed(MADE):
+        with contextlib.suppress(OSError):  # not empty (or already gone): kept
+            folder.rmdir()
+    MADE.clear()
+
+
 def prepare_dir(path: str | Path, flag: str) -> Path:
     """Create output folder ``path`` and prove that it takes files, before any work is done.
 
@@ -98,8 +111,10 @@ def prepare_dir(path: str | Path, flag: str) -> Path:
         raise OutputError(
             path, "exists and is not a folder", f"pass a folder to {flag} (or remove that file)"
         )
+    new = [p for p in (path, *path.parents) if not p.exists()][::-1]
     try:
         path.mkdir(parents=True, exist_ok=True)
+        MADE.extend(new)
         fd, probe = tempfile.mkstemp(prefix=".vafusion-write-test.", dir=path)
         os.close(fd)
         os.unlink(probe)
