@@ -40,7 +40,7 @@ from vafusion.models.iresnet import preprocess
 
 RECIPE = "qdq-pc8-pct99.999-fp32stem+layer1+layer2-v1"
 PERCENTILE = 99.999
-KEEP_FP32 = ("/conv1/", "/layer1/", "/layer2/")  # ONNX node-name prefixes left in float32
+KEEP_FP32 = ("conv1", "layer1", "layer2")  # top-level modules left in float32 (ONNX nodes "/layer1/...")
 SAMPLES_PER_BATCH = 65536
 CALIBRATION_BATCH = 8
 CALIBRATION_CROPS = 256
@@ -155,7 +155,7 @@ def quantised_convs(model) -> list:
     return [
         n
         for n in model.graph.node
-        if n.op_type == "Conv" and not any(n.name.startswith(k) for k in KEEP_FP32)
+        if n.op_type == "Conv" and not any(n.name.startswith(f"/{k}/") for k in KEEP_FP32)
     ]
 
 
@@ -295,7 +295,6 @@ def build_int8(folded: nn.Module, crops: np.ndarray, threads: int) -> bytes:
 
 def quantised_share(net: nn.Module) -> float:
     """The share of ``net``'s multiply-adds (one face) in the convolutions the recipe quantises."""
-    keep = tuple(k.strip("/") for k in KEEP_FP32)  # module names: "conv1", "layer1", "layer2"
     macs: dict[str, tuple[bool, int]] = {}
 
     def count(name: str, quantised: bool):
@@ -305,7 +304,7 @@ def quantised_share(net: nn.Module) -> float:
         return hook
 
     hooks = [
-        m.register_forward_hook(count(name, isinstance(m, nn.Conv2d) and name.split(".")[0] not in keep))
+        m.register_forward_hook(count(name, isinstance(m, nn.Conv2d) and name.split(".")[0] not in KEEP_FP32))
         for name, m in net.named_modules()
         if isinstance(m, nn.Conv2d | nn.Linear)
     ]
