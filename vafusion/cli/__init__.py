@@ -44,24 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     MADE.clear()
     try:
-        code = int(args.func(args) or 0)
-        if code:  # e.g. predict with no readable video: no empty --out folder is left
-            remove_made_if_empty()
-        return code
-    except VafusionError as exc:
-        remove_made_if_empty()
-        if getattr(args, "verbose", False):
-            traceback.print_exc()
-        print(f"vafusion: error: {exc.one_line()}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a write outside vafusion's own (a library's log file) on a full or locked disk
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
-            raise
-        remove_made_if_empty()
-        where = f" writing {exc.filename}" if exc.filename else ""
-        fix = "free space or write elsewhere (finished files are kept)"
-        print(f"vafusion: error: {exc.strerror}{where}; {fix}", file=sys.stderr)
-        return 2
+        code = _run(args)
     except KeyboardInterrupt:
         hint = " with --resume" if getattr(args, "resume", None) is False else ""
         print(
@@ -69,3 +52,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    if code:  # a failed command (an error, or e.g. predict with no readable video) leaves no empty folder
+        remove_made_if_empty()
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; bad input and a full or locked disk are one line on stderr and exit code 2."""
+    try:
+        return int(args.func(args) or 0)
+    except VafusionError as exc:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(f"vafusion: error: {exc.one_line()}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write outside vafusion's own (a library's log file) on a full or locked disk
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        fix = "free space or write elsewhere (finished files are kept)"
+        print(f"vafusion: error: {exc.strerror}{where}; {fix}", file=sys.stderr)
+        return 2
