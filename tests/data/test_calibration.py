@@ -221,3 +221,18 @@ def test_centred_picks_distinct_evenly_spaced_indices(n: int, k: int) -> None:
     assert len(picked) == min(n, k) and picked == sorted(set(picked)) and all(0 <= i < n for i in picked)
     if picked:
         assert picked[0] <= n // (2 * len(picked)) and picked[-1] >= n - 1 - n // (2 * len(picked))
+
+
+def test_a_calibration_folder_is_read_as_extract_reads_crops(tmp_path) -> None:
+    """A crop folder given for calibration: a JPEG cut short is skipped (OpenCV would decode its first half
+    and fill the rest with grey), a crop of another size is resized to 112x112, as ``extract`` does."""
+    folder = tmp_path / "crops"
+    for i in range(1, 17):
+        _write_crop(folder / f"{i:05d}.jpg", _crop(1, i))
+    big = np.full((128, 128, 3), 200, np.uint8)
+    _write_crop(folder / "00017.jpg", big)
+    ok, jpeg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 256, (112, 112, 3), np.uint8))
+    (folder / "00018.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) // 2])
+    crops = load_calibration(folder)
+    assert ok and crops.shape == (17, 112, 112, 3)
+    assert np.abs(crops[-1].astype(int) - 200).max() <= 2  # the 128x128 crop, resized

@@ -17,11 +17,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from vafusion.errors import AnnotationError, VafusionError
-from vafusion.face.align import CROP_SIZE
 from vafusion.io.video import VIDEO_EXTENSIONS
 
 SPLITS = ("Train_Set", "Validation_Set")
@@ -218,23 +216,3 @@ def crop_index(folder: Path | None) -> dict[int, Path]:
         if m:
             out[int(m.group(1))] = p
     return out
-
-
-def read_crop(path: Path) -> np.ndarray | None:
-    """The crop as (112, 112, 3) RGB, or ``None`` when it is empty, corrupt or cut short.
-
-    A JPEG that lost its end-of-image marker is refused: OpenCV would decode its first part and fill the
-    rest with grey, giving a face feature from half a face.
-    """
-    try:
-        raw = path.read_bytes()
-    except OSError:
-        return None
-    if raw[:2] == b"\xff\xd8" and b"\xff\xd9" not in raw[-64:]:
-        return None
-    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
-    if img is None:
-        return None
-    if img.shape[:2] != (CROP_SIZE, CROP_SIZE):
-        img = cv2.resize(img, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

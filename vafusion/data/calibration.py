@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vafusion.data.affwild2 import Corpus, crop_index, read_crop
+from vafusion.data.affwild2 import Corpus, crop_index
 from vafusion.errors import VafusionError
+from vafusion.face.align import read_crop
 from vafusion.features.extractors import FeaturesConfig
 from vafusion.features.face_encoder import calibration_id
 from vafusion.features.face_int8 import (

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vafusion.data.affwild2 import Corpus, Sample, crop_index, read_annotation, read_crop
+from vafusion.data.affwild2 import Corpus, Sample, crop_index, read_annotation
 from vafusion.data.calibration import plan_calibration
 from vafusion.errors import OutputError, VafusionError
+from vafusion.face.align import read_crop
 from vafusion.features.audio_stream import stream_audio_features
 from vafusion.features.extractors import FeaturesConfig, configured_extractor
 from vafusion.features.store import build_manifest, feature_path, read_meta, shard_manifest, write_features

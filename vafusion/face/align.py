@@ -14,6 +14,7 @@ onto ``ARCFACE_TEMPLATE``; ``cv2.warpAffine`` produces the 112x112 RGB crop.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import cv2
 import dlib
@@ -119,3 +120,23 @@ class FaceAligner:
         )
         self.seconds += time.perf_counter() - t0
         return crop, matrix
+
+
+def read_crop(path: Path) -> np.ndarray | None:
+    """The crop as (112, 112, 3) RGB, or ``None`` when it is empty, corrupt or cut short.
+
+    A JPEG that lost its end-of-image marker is refused: OpenCV would decode its first part and fill the
+    rest with grey, giving a face feature from half a face.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    if raw[:2] == b"\xff\xd8" and b"\xff\xd9" not in raw[-64:]:
+        return None
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
+    if img is None:
+        return None
+    if img.shape[:2] != (CROP_SIZE, CROP_SIZE):
+        img = cv2.resize(img, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

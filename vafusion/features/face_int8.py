@@ -28,12 +28,12 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from vafusion.errors import VafusionError
+from vafusion.face.align import read_crop
 from vafusion.io.atomic import atomic_path
 from vafusion.io.onnx import session
 from vafusion.models.iresnet import preprocess
@@ -60,15 +60,11 @@ def _spaced(n: int, limit: int) -> np.ndarray:
     return np.linspace(0, n - 1, min(n, limit)).round().astype(int) if n else np.zeros(0, int)
 
 
-def _read_rgb(path: Path) -> np.ndarray | None:
-    image = cv2.imread(str(path))
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def load_calibration(path: str | Path, limit: int = CALIBRATION_CROPS) -> np.ndarray:
     """Up to ``limit`` aligned RGB crops ``(N, 112, 112, 3) uint8`` for calibrating int8: evenly spaced
-    over the sorted images under a folder (searched recursively; unreadable ones are skipped), or the
-    ``crops`` array of an ``.npz``."""
+    over the sorted images under a folder (searched recursively), read as ``extract`` reads crops
+    (:func:`read_crop`: other sizes resized, unreadable or cut-short ones skipped), or the ``crops`` array
+    of an ``.npz``."""
     path = Path(path)
     skipped: list[str] = []
     if path.suffix == ".npz" and path.is_file():
@@ -84,8 +80,8 @@ def load_calibration(path: str | Path, limit: int = CALIBRATION_CROPS) -> np.nda
         )
         kept = []
         for i in _spaced(len(files), limit):
-            image = _read_rgb(files[i])
-            if image is not None and image.shape == (112, 112, 3):
+            image = read_crop(files[i])
+            if image is not None:
                 kept.append(image)
             else:
                 skipped.append(str(files[i].relative_to(path)))
