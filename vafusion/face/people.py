@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import dlib
 import numpy as np
 
-from vafusion.face.detect import Box, FaceDetector, check_frame, iou, to_rect
+from vafusion.face.detect import Box, FaceDetector, check_frame, iou
 from vafusion.face.identity import SAME_PERSON, FaceDescriber, distance, signature, similar
-from vafusion.face.track import Search
+from vafusion.face.track import Search, follow, start_tracker
 
 
 @dataclass
@@ -96,9 +96,7 @@ class PeopleTrack:
         return {p.number: p.box for p in self.people if p.box is not None}
 
     def _start(self, person: Person, frame: np.ndarray, box: Box) -> None:
-        person.tracker = dlib.correlation_tracker() if self.detect_every > 1 else None
-        if person.tracker is not None:
-            person.tracker.start_track(frame, to_rect(box))
+        person.tracker = start_tracker(frame, box) if self.detect_every > 1 else None
         person.box = person.last_box = box
         person.missed = 0
 
@@ -114,10 +112,9 @@ class PeopleTrack:
                     lost.append(p)
                 p.box = None
                 continue
-            psr = p.tracker.update(frame)
-            if np.isfinite(psr) and psr >= self.min_psr:
-                pos = p.tracker.get_position()
-                p.box = p.last_box = Box(pos.left(), pos.top(), pos.right(), pos.bottom())
+            box = follow(p.tracker, frame, self.min_psr)
+            if box is not None:
+                p.box = p.last_box = box
             else:
                 lost.append(p)
                 self._drop(p)

@@ -47,6 +47,23 @@ class Search:
         return self.detector.detect(frame, fine=False)
 
 
+def start_tracker(frame: np.ndarray, box: Box) -> dlib.correlation_tracker:
+    """A correlation tracker following the face in ``box`` from ``frame`` on."""
+    tracker = dlib.correlation_tracker()
+    tracker.start_track(frame, to_rect(box))
+    return tracker
+
+
+def follow(tracker: dlib.correlation_tracker, frame: np.ndarray, min_psr: float) -> Box | None:
+    """Where ``tracker`` moves its face on ``frame``, or ``None`` when its confidence (the peak-to-side-lobe
+    ratio) is under ``min_psr``: the face is lost."""
+    psr = tracker.update(frame)
+    if not (np.isfinite(psr) and psr >= min_psr):
+        return None
+    p = tracker.get_position()
+    return Box(p.left(), p.top(), p.right(), p.bottom())
+
+
 class FaceFrame(NamedTuple):
     """Result for one frame: the aligned crop and the subject's box, both ``None`` without a face (the crop
     is also ``None`` when the caller asked ``FaceTrack.step`` not to align)."""
@@ -127,8 +144,7 @@ class FaceTrack:
 
     def _start(self, frame: np.ndarray, box: Box) -> None:
         if self.detect_every > 1:
-            self._tracker = dlib.correlation_tracker()
-            self._tracker.start_track(frame, to_rect(box))
+            self._tracker = start_tracker(frame, box)
         self._box = box
         self._last_seen = box
         self._missed = 0
@@ -177,12 +193,7 @@ class FaceTrack:
         frame = check_frame(frame)
         scheduled = self._index % self.detect_every == 0
         self._index += 1
-        tracked: Box | None = None
-        if self._tracker is not None:
-            psr = self._tracker.update(frame)
-            if np.isfinite(psr) and psr >= self.min_psr:
-                p = self._tracker.get_position()
-                tracked = Box(p.left(), p.top(), p.right(), p.bottom())
+        tracked = None if self._tracker is None else follow(self._tracker, frame, self.min_psr)
         if scheduled or tracked is None:
             box = self._detect(frame, tracked)
         else:
