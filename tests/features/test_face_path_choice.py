@@ -152,8 +152,9 @@ def test_the_race_times_real_faces_where_there_are_any(monkeypatch) -> None:
     noise = {"int8/onnxruntime": 0.85}
     fake_paths(monkeypatch, clock, costs, NOISY, on_noise=noise)
     assert _select(clock, calibration=crops).precision == "int8"  # 1.43x on faces; 1.18x on noise
-    x = fe.race_input(crops, 4)
-    assert torch.equal(x, preprocess(crops[[0, 1, 2, 0]]))  # the crops, cycled to the batch
+    assert torch.equal(fe.race_input(crops, 4), preprocess(crops[[0, 1, 1, 2]]))  # spread, repeated
+    many = np.random.default_rng(1).integers(0, 256, (9, 112, 112, 3), dtype=np.uint8)
+    assert torch.equal(fe.race_input(many, 3), preprocess(many[[0, 4, 8]]))  # spread over the set
     noise_in = fe.race_input(None, 4)
     assert noise_in.shape == (4, 3, 112, 112) and float(noise_in.abs().max()) > 1.0
 

@@ -214,13 +214,13 @@ def _measure(
 
 
 def race_input(crops: np.ndarray | None, batch: int) -> torch.Tensor:
-    """What the candidates are timed on: ``batch`` real face crops (the calibration set's first, cycled)
-    where there are any, else fixed-seed noise. ONNX Runtime's int8 path runs slower on noise than on
-    faces: on AVX-512-VNNI it is 1.41-1.46x fp32 torch on faces and 1.23x on noise, under the 1.3x bar
-    (``benchmarks/face_race_input.py``)."""
+    """What the candidates are timed on: ``batch`` real face crops (evenly spaced over the calibration
+    set, which runs folder by folder; repeated when it holds fewer) where there are any, else fixed-seed
+    noise. ONNX Runtime's int8 path runs slower on noise than on faces: on AVX-512-VNNI it is 1.41-1.46x
+    fp32 torch on faces and 1.23x on noise, under the 1.3x bar (``benchmarks/face_race_input.py``)."""
     if crops is None or len(crops) == 0:
         return torch.randn(batch, 3, 112, 112, generator=torch.Generator().manual_seed(0))
-    return preprocess(crops[np.arange(batch) % len(crops)])
+    return preprocess(crops[np.linspace(0, len(crops) - 1, batch).round().astype(int)])
 
 
 def _int8_left_out(
