@@ -147,17 +147,20 @@ def face_features(
             encoded[rows] = True
             del todo[:batch]
 
+    missing = 0
     for i in range(1, n + 1):
-        img = read_crop(index[i]) if i in index else None
-        if img is None and i in index:
-            corrupt.append(index[i].name)
+        path = index.get(i)
+        img = None if path is None else read_crop(path)
+        if path is None:
+            missing += 1
+        elif img is None:
+            corrupt.append(path.name)
         readable[i - 1] = img is not None
         encode(select.push((i - 1, img), img is not None))
     encode(select.finish(), last=True)
     valid = encoded
     if stride > 1:
         feats, valid = fill_between_anchors(feats, encoded, readable)
-    missing = n - sum(1 for i in range(1, n + 1) if i in index)
     if missing and index:
         stats.notes["frames without crop"].append(f"{sample.name} ({missing})")
     if corrupt:
