@@ -39,6 +39,11 @@ BF16_MAX_REL = 0.10
 INT8_COS_MIN = 0.99
 
 
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two embedding matrices."""
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch) -> None:
     """Choices and int8 models go to a temporary user cache, never the real one."""
@@ -87,7 +92,7 @@ def _close_fp32(out: np.ndarray, ref: np.ndarray) -> None:
 
 
 def _close_bf16(out: np.ndarray, ref: np.ndarray) -> None:
-    cos = (out * ref).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1))
+    cos = cosines(out, ref)
     assert cos.min() >= BF16_COS_MIN
     assert np.abs(out - ref).max() <= BF16_MAX_REL * np.abs(ref).max()
 
@@ -180,7 +185,7 @@ def test_int8_keeps_the_embeddings_of_held_out_real_faces(
     with torch.no_grad():
         ref = real_net(preprocess(held_out)).numpy()
     out = enc(held_out)
-    cos = (out * ref).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1))
+    cos = cosines(out, ref)
     assert out.shape == (16, 512) and cos.min() >= INT8_COS_MIN
     cached = list((Path(cpu.cache_dir()) / "int8").glob("*.onnx"))
     assert len(cached) == 1  # the quantised model is kept for the next process
@@ -207,7 +212,7 @@ def test_int8_builds_where_the_exporter_shares_equal_constants(crops) -> None:
     out = session(model.SerializeToString(), 2).run(None, {"faces": preprocess(crops).numpy()})[0]
     with torch.no_grad():
         ref = net(preprocess(crops)).numpy()
-    cos = (out * ref).sum(1) / (np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1))
+    cos = cosines(out, ref)
     assert cos.min() >= INT8_COS_MIN
 
 
