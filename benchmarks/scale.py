@@ -4,15 +4,16 @@
     .venv/bin/python benchmarks/scale.py --steps 150                       # the epoch timed on 150 steps
     .venv/bin/python benchmarks/scale.py --frames 60000 --root /tmp/scale  # the same in seconds
 
-Builds (once; reused while ``--frames`` and ``--sequences`` match) a synthetic feature store the size
-of Aff-Wild2's VA set under ``--root``: annotations in the Aff-Wild2 layout (``scan()`` reads them; 82 %
-of the sequences in Train_Set, the rest in Validation_Set, 3 % of rows ``-5``) and ``.npz`` feature
-files of the paper's widths (visual 512, vggish 128, logmel 128; random rows, 10 % of face frames and 3 %
-of audio frames invalid). Then, in a fresh process, trains fold 0 of ``--model`` (fusion from scratch)
-for one epoch exactly as ``vafusion cv`` does (memory-mapped store, chunked normaliser, windows
-normalised as they are cut) and scores it on the fold, sampling resident memory every 0.2 s. "Data
-loading" is the time the training loop waits between the end of one step and the start of the next
-(fetching, cutting, normalising and collating a batch, plus Lightning's own bookkeeping: an upper bound).
+Builds (once; reused while ``--frames`` and ``--sequences`` match) a synthetic feature store the size of
+Aff-Wild2's VA set under ``--root``: annotations in the Aff-Wild2 layout (``scan()`` reads them; 82 % of the
+sequences in Train_Set, the rest in Validation_Set, 3 % of rows ``-5``) and ``.npz`` feature files of the
+paper's widths (visual 512, vggish 128, logmel 128; uniform random rows of unit variance, 10 % of face
+frames and 3 % of audio frames invalid; two sequences written at a time). Then, in a fresh process, trains
+fold 0 of ``--model`` (fusion from scratch) for one epoch exactly as ``vafusion cv`` does (memory-mapped
+store, chunked normaliser, windows normalised as they are cut) and scores it on the fold, sampling resident
+memory every 0.2 s. "Data loading" is the time the training loop waits between the end of one step and the
+start of the next (fetching, cutting, normalising and collating a batch, plus Lightning's own bookkeeping:
+an upper bound).
 ``--steps N`` stops the epoch after N training steps and scales its time to the full epoch (validation
 runs in full; scoring the test fold is skipped): the store is still mapped whole and the normaliser still
 reads every row, so the memory figures are those of the full epoch; ``make bench`` runs it so, ``make
@@ -33,6 +34,8 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -66,37 +69,47 @@ def _lengths(rng: np.random.Generator, frames: int, sequences: int) -> np.ndarra
     return n
 
 
-def build_store(root: Path, frames: int, sequences: int, seed: int = 0) -> dict:
-    """Annotations and feature files of ``frames`` rows in ``sequences`` sequences (skipped when built)."""
+def _sequence(root: Path, i: int, n: int, seed: np.random.SeedSequence) -> None:
+    """Sequence ``i`` of the store: its annotation file and one feature file per stream, ``n`` rows.
+
+    Rows are uniform with unit variance (5x faster to draw than normal ones), plus a little of the labels.
+    """
+    rng = np.random.default_rng(seed)
+    name = f"{i:03d}-{int(rng.integers(10**6)):06d}"
+    split = "Validation_Set" if i % 100 < 18 else "Train_Set"
+    t = np.arange(n)
+    va = 0.7 * np.sin(2 * np.pi * t[:, None] / rng.uniform(200, 900, 2) + rng.uniform(0, 6, 2))
+    rows = [f"{v:.3f},{a:.3f}" for v, a in va]
+    for k in np.flatnonzero(rng.random(n) < 0.03):
+        rows[k] = "-5,-5"
+    ann = root / "data" / ANN / split / f"{name}.txt"
+    ann.parent.mkdir(parents=True, exist_ok=True)
+    ann.write_text("valence,arousal\n" + "\n".join(rows) + "\n")
+    for role, ext in STREAMS.items():
+        x = rng.random((n, DIMS[role]), dtype=np.float32)
+        x -= np.float32(0.5)
+        x *= np.float32(12**0.5)
+        x[:, :2] += va.astype(np.float32)  # a little signal, so training is not pure noise
+        valid = rng.random(n) > (0.10 if role == "visual" else 0.03)
+        meta = {"extractor": ext, "dim": DIMS[role], "frames": int(n), "fps": 30.0, "fingerprint": "scale"}
+        write_features(feature_path(root / "feats", ext, name), x, valid, t / 30.0, meta)
+
+
+def build_store(root: Path, frames: int, sequences: int, seed: int = 0, threads: int = 2) -> dict:
+    """Annotations and feature files of ``frames`` rows in ``sequences`` sequences (skipped when built).
+
+    Each sequence draws from its own generator (spawned from ``seed``), so ``threads`` sequences are made at
+    once (numpy's generators and the file writes release the GIL) and the store is the same for any count.
+    """
     stamp = root / "store.json"
-    spec = {"frames": frames, "sequences": sequences, "seed": seed, "dims": DIMS, "version": 1}
+    spec = {"frames": frames, "sequences": sequences, "seed": seed, "dims": DIMS, "version": 2}
     if stamp.is_file() and json.loads(stamp.read_text()).get("spec") == spec:
         return json.loads(stamp.read_text())
-    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    for i, n in enumerate(_lengths(rng, frames, sequences)):
-        name = f"{i:03d}-{int(rng.integers(10**6)):06d}"
-        split = "Validation_Set" if i % 100 < 18 else "Train_Set"
-        t = np.arange(n)
-        va = 0.7 * np.sin(2 * np.pi * t[:, None] / rng.uniform(200, 900, 2) + rng.uniform(0, 6, 2))
-        rows = [f"{v:.3f},{a:.3f}" for v, a in va]
-        for k in np.flatnonzero(rng.random(n) < 0.03):
-            rows[k] = "-5,-5"
-        ann = root / "data" / ANN / split / f"{name}.txt"
-        ann.parent.mkdir(parents=True, exist_ok=True)
-        ann.write_text("valence,arousal\n" + "\n".join(rows) + "\n")
-        for role, ext in STREAMS.items():
-            x = rng.standard_normal((n, DIMS[role]), dtype=np.float32)
-            x[:, :2] += va.astype(np.float32)  # a little signal, so training is not pure noise
-            valid = rng.random(n) > (0.10 if role == "visual" else 0.03)
-            meta = {
-                "extractor": ext,
-                "dim": DIMS[role],
-                "frames": int(n),
-                "fps": 30.0,
-                "fingerprint": "scale",
-            }
-            write_features(feature_path(root / "feats", ext, name), x, valid, t / 30.0, meta)
+    lengths = _lengths(np.random.default_rng(seed), frames, sequences)
+    seeds = np.random.SeedSequence(seed).spawn(len(lengths))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(partial(_sequence, root), range(len(lengths)), lengths, seeds))
     info = {"spec": spec, "build_seconds": round(time.perf_counter() - t0, 1)}
     stamp.write_text(json.dumps(info))
     return info
