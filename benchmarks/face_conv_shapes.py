@@ -1,0 +1,144 @@
+"""Where the face path's % of peak is lost: IResNet-50's convolutions one by one against the peak.
+
+"% of peak" (``face_encoding.py``) divides the network's speed by the fastest bare 3x3 convolution of its
+four stage shapes. The network's own convolutions do not all run at that speed: this times each distinct
+convolution of IResNet-50 alone (channels-last, with bias, as many faces per call as the fused path gives
+that layer under ``face_fused.CHUNK_BYTES``), the four stage-shape peaks, and the fused path itself, in
+interleaved rounds in one process, and prints
+
+* each convolution's GFLOP/s and its share of the network's work and of the convolutions' time;
+* the convolutions' ceiling: the network's work over the sum of their times, i.e. the most any fusion
+  of the work between them (PReLU, border corrections, additions) could give, as % of the peak;
+* the fused path as % of the peak and as % of that ceiling.
+
+In the precision vafusion picks here (bf16 with AVX512-BF16/AMX, else fp32); a fixed-seed network::
+
+    .venv/bin/python benchmarks/face_conv_shapes.py [--batch 32] [--rounds 7]
+    .venv/bin/python benchmarks/avx2.py benchmarks/face_conv_shapes.py      # as on an AVX2-only CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Callable
+
+import torch
+from _common import load_text, machine, race, table
+from face_encoding import STAGE_SHAPES
+from face_fused import network
+from torch import nn
+
+from vafusion.cpu import choose_precision, cpu_info, keep_freed_memory
+from vafusion.features.face_fused import CHUNK_BYTES, FusedIResNet
+from vafusion.features.face_int8 import conv_probe
+
+
+def distinct_convs(net: nn.Module) -> dict[tuple, tuple[nn.Conv2d, tuple[int, ...], tuple[int, ...], int]]:
+    """``{(in, out, kernel, stride, side): (conv, input shape, output shape, count)}`` for one face."""
+    seen: dict[tuple, list] = {}
+
+    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        key = (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], inp[0].shape[-1])
+        seen.setdefault(key, [m, tuple(inp[0].shape[1:]), tuple(out.shape[1:]), 0])[3] += 1
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        net(torch.zeros(1, 3, 112, 112))
+    for h in handles:
+        h.remove()
+    return {k: tuple(v) for k, v in seen.items()}
+
+
+def conv_runner(conv: nn.Conv2d, shape: tuple, out_shape: tuple, batch: int, dtype: torch.dtype):
+    """``conv`` alone on ``batch`` faces, in calls of as many faces as the fused path's chunk budget gives
+    a layer of that output size: ``(fn, faces it runs)``."""
+    itemsize = torch.finfo(dtype).bits // 8
+    per_call = max(1, min(batch, CHUNK_BYTES // (math.prod(out_shape) * itemsize)))
+    layer = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
+    layer = layer.eval().to(dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(per_call, *shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    calls = math.ceil(batch / per_call)
+
+    def run() -> None:
+        with torch.inference_mode():
+            for _ in range(calls):
+                layer(x)
+
+    return run, per_call * calls
+
+
+def repeated(
+    fn: Callable[[], object], work: float, seconds: float = 0.05
+) -> tuple[Callable[[], None], float]:
+    """``fn`` called as often as fills about ``seconds`` (one call of a small convolution takes a few
+    milliseconds, too short to time alone on a shared CPU), with the work scaled to match."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    reps = max(1, round(seconds / max(time.perf_counter() - t0, 1e-6)))
+
+    def run() -> None:
+        for _ in range(reps):
+            fn()
+
+    return run, work * reps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32, help="faces per timed call (default 32)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    args = parser.parse_args()
+    keep_freed_memory()
+    precision = choose_precision(cpu_info())
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    net = network()
+    convs = distinct_convs(net)
+    work = {  # GFLOP per face, all convolutions of the kind
+        key: 2e-9 * math.prod(o) * m.in_channels * m.kernel_size[0] * m.kernel_size[1] * n
+        for key, (m, _, o, n) in convs.items()
+    }
+    cands = {}
+    for key, (m, i, o, n) in convs.items():
+        fn, faces = conv_runner(m, i, o, args.batch, dtype)
+        cands[key] = repeated(fn, work[key] / n * faces)
+    for c, side in STAGE_SHAPES:
+        gflop = 2 * args.batch * c * c * 9 * side * side / 1e9
+        probe = conv_probe(f"{precision}/torch", torch.get_num_threads(), args.batch, c, side)
+        cands[f"peak {c}x{side}x{side}"] = repeated(probe, gflop)
+    fused, x = FusedIResNet(net, dtype), torch.randn(args.batch, 3, 112, 112)
+    cands["fused path"] = repeated(lambda: fused(x), args.batch, 0.5)
+    res = race(cands, args.rounds)
+    peak_name = max((k for k in cands if str(k).startswith("peak")), key=res.median)
+    peak = res.median(peak_name)
+    seconds = {key: work[key] / res.median(key) for key in convs}  # per face
+    total, conv_s = sum(work.values()), sum(seconds.values())
+    rows = []
+    for key, (_, _, _, n) in convs.items():
+        i, o, k, s, side = key
+        rate = res.median(key)
+        share, time_share = 100 * work[key] / total, 100 * seconds[key] / conv_s
+        name = f"{i}->{o}, {k}x{k}, stride {s}, {side}x{side}"
+        rows.append(
+            [name, n, f"{share:.1f} %", f"{rate:.0f}", f"{100 * rate / peak:.0f} %", f"{time_share:.1f} %"]
+        )
+    ceiling = total / conv_s
+    path = res.median("fused path")
+    print(f"machine: {machine()['cpu']}; precision {precision}; batch {args.batch}; {res.load_range()}")
+    print(f"medians of {args.rounds} interleaved rounds ({load_text()} at the end)\n")
+    print(table(["convolution (in->out, kernel, stride, input)", "count", "share of work", "GFLOP/s",
+                 "% of peak", "share of conv time"], rows))  # fmt: skip
+    peaks = ", ".join(f"{k[5:]} {res.median(k):.0f}" for k in cands if str(k).startswith("peak"))
+    print(f"\nstage-shape peaks (bare 3x3, batch {args.batch}), GFLOP/s: {peaks}; peak = {peak_name[5:]}")
+    print(
+        f"**convolutions alone: {ceiling:.0f} GFLOP/s = {ceiling / total:.1f} faces/s = "
+        f"{100 * ceiling / peak:.0f} % of peak; fused path {path:.1f} faces/s = "
+        f"{100 * path * total / peak:.0f} % of peak = {100 * path * total / ceiling:.0f} % of the "
+        f"convolutions' ceiling** ({total:.2f} GFLOP per face in convolutions)"
+    )
+
+
+if __name__ == "__main__":
+    main()
