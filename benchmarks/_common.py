@@ -133,6 +133,24 @@ def race(candidates: dict[str, tuple[Callable[[], object], float]], rounds: int,
     return Race(rates, loads)
 
 
+def repeated(
+    fn: Callable[[], object], work: float, seconds: float = 0.05
+) -> tuple[Callable[[], None], float]:
+    """``fn`` called as often as fills about ``seconds``, with the work scaled to match: a steady rate for
+    ops of a few milliseconds. Timed once, right after other work, a bare AMX convolution runs ~30 % under
+    its steady rate (caches and the AMX unit cold), which would understate a peak."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    reps = max(1, round(seconds / max(time.perf_counter() - t0, 1e-6)))
+
+    def run() -> None:
+        for _ in range(reps):
+            fn()
+
+    return run, work * reps
+
+
 def table(header: list[str], rows: list[list[object]]) -> str:
     """A markdown table."""
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -9,7 +9,8 @@ interleaved rounds in one process, and prints
 * each convolution's GFLOP/s and its share of the network's work and of the convolutions' time;
 * the convolutions' ceiling: the network's work over the sum of their times, i.e. the most any fusion
   of the work between them (PReLU, border corrections, additions) could give, as % of the peak;
-* the fused path as % of the peak and as % of that ceiling.
+* the fused path as % of the peak and as % of that ceiling;
+* the peak shape timed as a single call per round (what ``face_encoding.py`` did before 2026-12-02).
 
 In the precision vafusion picks here (bf16 with AVX512-BF16/AMX, else fp32); a fixed-seed network::
 
@@ -21,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
-from collections.abc import Callable
 
 import torch
-from _common import load_text, machine, race, table
+from _common import load_text, machine, race, repeated, table
 from face_encoding import STAGE_SHAPES
 from face_fused import network
 from torch import nn
@@ -69,23 +68,6 @@ def conv_runner(conv: nn.Conv2d, shape: tuple, out_shape: tuple, batch: int, dty
     return run, per_call * calls
 
 
-def repeated(
-    fn: Callable[[], object], work: float, seconds: float = 0.05
-) -> tuple[Callable[[], None], float]:
-    """``fn`` called as often as fills about ``seconds`` (one call of a small convolution takes a few
-    milliseconds, too short to time alone on a shared CPU), with the work scaled to match."""
-    fn()
-    t0 = time.perf_counter()
-    fn()
-    reps = max(1, round(seconds / max(time.perf_counter() - t0, 1e-6)))
-
-    def run() -> None:
-        for _ in range(reps):
-            fn()
-
-    return run, work * reps
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32, help="faces per timed call (default 32)")
@@ -104,12 +86,18 @@ def main() -> None:
     for key, (m, i, o, n) in convs.items():
         fn, faces = conv_runner(m, i, o, args.batch, dtype)
         cands[key] = repeated(fn, work[key] / n * faces)
-    for c, side in STAGE_SHAPES:
-        gflop = 2 * args.batch * c * c * 9 * side * side / 1e9
-        probe = conv_probe(f"{precision}/torch", torch.get_num_threads(), args.batch, c, side)
-        cands[f"peak {c}x{side}x{side}"] = repeated(probe, gflop)
+    probes = {
+        f"{c}x{side}x{side}": (
+            conv_probe(f"{precision}/torch", torch.get_num_threads(), args.batch, c, side),
+            2 * args.batch * c * c * 9 * side * side / 1e9,
+        )
+        for c, side in STAGE_SHAPES
+    }
+    cands.update({f"peak {k}": repeated(fn, gflop) for k, (fn, gflop) in probes.items()})
     fused, x = FusedIResNet(net, dtype), torch.randn(args.batch, 3, 112, 112)
     cands["fused path"] = repeated(lambda: fused(x), args.batch, 0.5)
+    # one call each, after the path and each other, so each finds its data cold
+    cands.update({f"once {k}": probe for k, probe in probes.items()})
     res = race(cands, args.rounds)
     peak_name = max((k for k in cands if str(k).startswith("peak")), key=res.median)
     peak = res.median(peak_name)
@@ -131,7 +119,9 @@ def main() -> None:
     print(table(["convolution (in->out, kernel, stride, input)", "count", "share of work", "GFLOP/s",
                  "% of peak", "share of conv time"], rows))  # fmt: skip
     peaks = ", ".join(f"{k[5:]} {res.median(k):.0f}" for k in cands if str(k).startswith("peak"))
+    once = res.median(f"once {peak_name[5:]}")
     print(f"\nstage-shape peaks (bare 3x3, batch {args.batch}), GFLOP/s: {peaks}; peak = {peak_name[5:]}")
+    print(f"the peak shape as one call per round, after other work: {once:.0f} ({100 * once / peak:.0f} %)")
     print(
         f"**convolutions alone: {ceiling:.0f} GFLOP/s = {ceiling / total:.1f} faces/s = "
         f"{100 * ceiling / peak:.0f} % of peak; fused path {path:.1f} faces/s = "

@@ -15,7 +15,8 @@
 * vafusion's way: ``FaceEncoder`` with its automatic choice (remembered per machine in the user cache, as
   ``IResNetExtractor`` runs it; ``--fresh`` measures it again);
 * peak per precision: bare 3x3 convolutions of IResNet-50's four stage shapes (batch 32, channels-last;
-  int8: ``QLinearConv`` uint8 x int8) on every backend that runs that precision; the fastest is the
+  int8: ``QLinearConv`` uint8 x int8; each repeated for ~50 ms per round, its steady rate) on every
+  backend that runs that precision; the fastest is the
   precision's peak, converted to faces/s with the network's counted multiply-adds. "% of peak" is a path's
   GFLOP/s over the peak of its own precision; "% of best peak" over the fastest of all precisions.
 
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import real_crops
 import torch
-from _common import DEMO, Section, load_text, machine, race, table
+from _common import DEMO, Section, load_text, machine, race, repeated, table
 from torch import nn
 
 from vafusion.cpu import choose_precision, cpu_info, cpu_kind
@@ -141,7 +142,9 @@ def conv_candidates(precisions: list[str], with_ort: bool) -> dict[str, tuple]:
         gflop = 2 * BATCH * c * c * 9 * hw * hw / 1e9
         for kind in kinds:
             prec, backend = kind.split("/")
-            out[f"{prec} {backend} conv {c}x{hw}x{hw}"] = (conv_probe(kind, threads, BATCH, c, hw), gflop)
+            out[f"{prec} {backend} conv {c}x{hw}x{hw}"] = repeated(
+                conv_probe(kind, threads, BATCH, c, hw), gflop
+            )
     return out
 
 

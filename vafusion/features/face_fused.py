@@ -41,7 +41,7 @@ MMAP_THRESHOLD = 32 << 20
 CHUNK_BYTES = 16 << 20
 """Largest activation a layer may produce per call. Under the mmap threshold; and a full-resolution
 (112x112x64) layer on fewer faces at once keeps its PReLU and additions nearer the cache, while the deep
-layers still see whole batches. Measured on a 2-core Sapphire Rapids, bf16, batch 32 (faces/s, medians of
+layers still see whole batches. Measured on a 2-core Xeon with AMX, bf16, batch 32 (faces/s, medians of
 5-9 interleaved rounds): 2 MB 117, 4 MB 130, 8 MB 131-136, 16 MB 133-141, 24 MB 129, 32 MB 137 (page
 faults); fp32 24.3-24.7 for every budget."""
 
