@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -96,7 +97,8 @@ def _sequence(root: Path, i: int, n: int, seed: np.random.SeedSequence) -> None:
 
 
 def build_store(root: Path, frames: int, sequences: int, seed: int = 0, threads: int = 2) -> dict:
-    """Annotations and feature files of ``frames`` rows in ``sequences`` sequences (skipped when built).
+    """Annotations and feature files of ``frames`` rows in ``sequences`` sequences (skipped when built; the
+    files of a store built to another spec, or cut short, are removed first).
 
     Each sequence draws from its own generator (spawned from ``seed``), so ``threads`` sequences are made at
     once (numpy's generators and the file writes release the GIL) and the store is the same for any count.
@@ -105,6 +107,9 @@ def build_store(root: Path, frames: int, sequences: int, seed: int = 0, threads:
     spec = {"frames": frames, "sequences": sequences, "seed": seed, "dims": DIMS, "version": 2}
     if stamp.is_file() and json.loads(stamp.read_text()).get("spec") == spec:
         return json.loads(stamp.read_text())
+    stamp.unlink(missing_ok=True)
+    for made in (root / "data" / ANN, root / "feats"):  # another spec's or a killed build's files
+        shutil.rmtree(made, ignore_errors=True)
     t0 = time.perf_counter()
     lengths = _lengths(np.random.default_rng(seed), frames, sequences)
     seeds = np.random.SeedSequence(seed).spawn(len(lengths))
