@@ -10,7 +10,7 @@ Sections: face encoding (naive vs vafusion's way vs peak, accuracy), doing less 
 encoding stride, FaceTrack per detection stride), audio front ends (speed, CCC per hop), `predict`'s
 real-time factor by stage (demo run; IResNet-50 at face stride 1 and the default), training
 throughput and demo wall time, peak memory vs video length (1 and 10 min), Aff-Wild2 scale (the epoch
-timed on 150 steps). ``--long`` (``make bench-long``) adds the 60-minute memory case, the whole Aff-Wild2
+timed on 100 steps). ``--long`` (``make bench-long``) adds the 60-minute memory case, the whole Aff-Wild2
 epoch and the face-finding and every-person benchmarks in full, and writes ``RESULTS-long.md`` /
 ``RESULTS-long.json`` instead. Parts that need the demo run say so and are skipped when ``runs/demo`` is
 missing (``make demo`` first). A failing section is reported, the others go on.

@@ -1,7 +1,7 @@
 """Training at Aff-Wild2 scale: peak memory, data-loading share of the step time, epoch time.
 
     .venv/bin/python benchmarks/scale.py                                   # 2.7 M frames (8.3 GB, built once)
-    .venv/bin/python benchmarks/scale.py --steps 150                       # the epoch timed on 150 steps
+    .venv/bin/python benchmarks/scale.py --steps 100                       # the epoch timed on 100 steps
     .venv/bin/python benchmarks/scale.py --frames 60000 --root /tmp/scale  # the same in seconds
 
 Builds (once; reused while ``--frames`` and ``--sequences`` match) a synthetic feature store the size of
@@ -307,7 +307,7 @@ def scale(root: Path, frames: int, sequences: int, model: str, overrides: list[s
         s["data_wait"] *= m["epoch_steps"] / m["steps"]
     if steps:  # scoring was skipped: it costs what validating as many frames costs
         s["score_test_fold"] = s["validation"] * m["test_frames"] / max(m["val_frames"], 1)
-    step_s = step_times(root)
+    step_s = step_times(root, rounds=3 if steps else 5)
     epoch = s["train_epoch"] + s["validation"]
     peak = m["peak"]
     partial = f", epoch from {m['steps']} of {m['epoch_steps']} steps" if steps else ""
@@ -322,9 +322,10 @@ def scale(root: Path, frames: int, sequences: int, model: str, overrides: list[s
 
 
 def run(quick: bool = True, root: Path | None = None) -> Section:
-    """``make bench`` section (``quick``: the epoch timed on 150 steps) or ``make bench-long`` (full)."""
+    """``make bench`` section (``quick``: the epoch timed on 100 steps, step times over 3 rounds) or ``make
+    bench-long`` (full)."""
     root = root or REPO / "runs" / "bench" / "scale"
-    r = scale(root, 2_700_000, 560, "fusion", [], 150 if quick else 0)
+    r = scale(root, 2_700_000, 560, "fusion", [], 100 if quick else 0)
     merged = {}
     for (e, p), h in r["hours"].items():
         merged.setdefault(e, [f"{e} per model", "", "", f"{h['gpu_hours']:.1f}"])[p] = f"{h['cpu_hours']:.1f}"
