@@ -33,6 +33,7 @@ from vafusion.data.ferplus import FaceDataset, FaceSet, load_face_data
 from vafusion.errors import VafusionError
 from vafusion.io.atomic import atomic_path, write_json
 from vafusion.models.iresnet import EMBEDDING_SIZE, canonical_arch, preprocess
+from vafusion.train.module import FOREACH
 from vafusion.weights import load_iresnet, sha256
 
 FORMAT = "vafusion-ferplus/1"
@@ -130,7 +131,7 @@ class FaceTask(L.LightningModule):
             {"params": [p for p in self.model.backbone.parameters() if p.requires_grad], "lr": c.lr},
             {"params": list(self.model.head.parameters()), "lr": c.lr * c.head_lr_scale},
         ]
-        opt = torch.optim.AdamW(groups, weight_decay=c.weight_decay)
+        opt = torch.optim.AdamW(groups, weight_decay=c.weight_decay, foreach=FOREACH)
         warm = max(1, round(c.warmup * self.steps))
 
         def factor(step: int) -> float:

@@ -10,6 +10,11 @@ from vafusion.data.sequence import epoch_seed
 from vafusion.metrics import CCC, ccc_loss
 from vafusion.models.fusion import FusionNet
 
+FOREACH = True
+"""AdamW's multi-tensor implementation, also on CPU (where torch defaults to a loop over parameters): the
+same arithmetic, bit for bit (``tests/train/test_optimiser.py``), in 5.7 instead of 9.0 ms per step of the
+default fusion network (0.61 M parameters in 255 tensors), about 2.5 % of a CPU training run."""
+
 
 class VATask(L.LightningModule):
     """Train a ``FusionNet`` on windows; validation reports CCC of valence, arousal and the mean ``val_P``."""
@@ -58,7 +63,9 @@ class VATask(L.LightningModule):
         torch.manual_seed(epoch_seed(self.seed, self.current_epoch, batch_idx))
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.cfg.weight_decay)
+        opt = torch.optim.AdamW(
+            self.net.parameters(), lr=self.lr, weight_decay=self.cfg.weight_decay, foreach=FOREACH
+        )
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="max", factor=self.cfg.plateau_factor, patience=self.cfg.plateau_patience
         )
