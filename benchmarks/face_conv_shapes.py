@@ -2,9 +2,9 @@
 
 "% of peak" (``face_encoding.py``) divides the network's speed by the fastest bare 3x3 convolution of its
 four stage shapes. The network's own convolutions do not all run at that speed: this times each distinct
-convolution of IResNet-50 alone (channels-last, with bias, as many faces per call as the fused path gives
-that layer under ``face_fused.CHUNK_BYTES``), the four stage-shape peaks, and the fused path itself, in
-interleaved rounds in one process, and prints
+convolution of IResNet-50 alone as the fused path runs it (oneDNN's fused op, channels-last, with bias, as
+many faces per call as the path gives that layer under ``face_fused.CHUNK_BYTES``), the four stage-shape
+peaks, and the fused path itself, in interleaved rounds in one process, and prints
 
 * each convolution's GFLOP/s and its share of the network's work and of the convolutions' time;
 * the convolutions' ceiling: the network's work over the sum of their times, i.e. the most any fusion
@@ -20,17 +20,15 @@ In the precision vafusion picks here (bf16 with AVX512-BF16/AMX, else fp32); a f
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 from _common import load_text, machine, race, repeated, table
 from face_encoding import STAGE_SHAPES
-from face_fused import network
+from face_fused import setup
 from torch import nn
 
-from vafusion.cpu import choose_precision, cpu_info, keep_freed_memory
-from vafusion.features.face_fused import CHUNK_BYTES, FusedIResNet
+from vafusion.features.face_fused import CHUNK_BYTES, FusedIResNet, _conv, pointwise_available
 from vafusion.features.face_int8 import conv_probe
 
 
@@ -51,32 +49,25 @@ def distinct_convs(net: nn.Module) -> dict[tuple, tuple[nn.Conv2d, tuple[int, ..
 
 
 def conv_runner(conv: nn.Conv2d, shape: tuple, out_shape: tuple, batch: int, dtype: torch.dtype):
-    """``conv`` alone on ``batch`` faces, in calls of as many faces as the fused path's chunk budget gives
-    a layer of that output size: ``(fn, faces it runs)``."""
+    """``conv`` alone on ``batch`` faces, run as the fused path runs it (oneDNN's fused op, with bias, where
+    this torch has it) and in calls of as many faces as the path's chunk budget gives a layer of that output
+    size: ``(fn, faces it runs)``."""
     itemsize = torch.finfo(dtype).bits // 8
     per_call = max(1, min(batch, CHUNK_BYTES // (math.prod(out_shape) * itemsize)))
-    layer = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
-    layer = layer.eval().to(dtype).to(memory_format=torch.channels_last)
+    layer, fused = _conv(conv, dtype), pointwise_available(dtype)
     x = torch.randn(per_call, *shape).to(dtype).contiguous(memory_format=torch.channels_last)
     calls = math.ceil(batch / per_call)
 
     def run() -> None:
         with torch.inference_mode():
             for _ in range(calls):
-                layer(x)
+                layer(x, fused=fused)
 
     return run, per_call * calls
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32, help="faces per timed call (default 32)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
-    args = parser.parse_args()
-    keep_freed_memory()
-    precision = choose_precision(cpu_info())
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    net = network()
+    args, precision, dtype, net = setup(__doc__.splitlines()[0])
     convs = distinct_convs(net)
     work = {  # GFLOP per face, all convolutions of the kind
         key: 2e-9 * math.prod(o) * m.in_channels * m.kernel_size[0] * m.kernel_size[1] * n

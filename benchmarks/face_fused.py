@@ -53,15 +53,20 @@ def network(seed: int = 0) -> nn.Module:
     return net
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=32, help="faces per call (default 32)")
+def setup(description: str) -> tuple[argparse.Namespace, str, torch.dtype, nn.Module]:
+    """What the face-path benchmarks share: ``--batch`` and ``--rounds``, freed memory kept as the face path
+    keeps it, the precision vafusion picks here, and the fixed-seed network."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--batch", type=int, default=32, help="faces per timed call (default 32)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     args = parser.parse_args()
     keep_freed_memory()
     precision = choose_precision(cpu_info())
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    net = network()
+    return args, precision, torch.bfloat16 if precision == "bf16" else torch.float32, network()
+
+
+def main() -> None:
+    args, precision, dtype, net = setup(__doc__.splitlines()[0])
     one_call = FusedIResNet(net, dtype)
     one_call.chunk_bytes = 1 << 40  # every layer on the whole batch: what the chunks are measured against
     paths = {
