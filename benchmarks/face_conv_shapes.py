@@ -24,46 +24,11 @@ import math
 
 import torch
 from _common import load_text, machine, race, repeated, table
-from face_encoding import STAGE_SHAPES
+from face_encoding import STAGE_SHAPES, conv_runner, distinct_convs
 from face_fused import setup
-from torch import nn
 
-from vafusion.features.face_fused import CHUNK_BYTES, FusedIResNet, _conv, pointwise_available
+from vafusion.features.face_fused import FusedIResNet
 from vafusion.features.face_int8 import conv_probe
-
-
-def distinct_convs(net: nn.Module) -> dict[tuple, tuple[nn.Conv2d, tuple[int, ...], tuple[int, ...], int]]:
-    """``{(in, out, kernel, stride, side): (conv, input shape, output shape, count)}`` for one face."""
-    seen: dict[tuple, list] = {}
-
-    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-        key = (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], inp[0].shape[-1])
-        seen.setdefault(key, [m, tuple(inp[0].shape[1:]), tuple(out.shape[1:]), 0])[3] += 1
-
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        net(torch.zeros(1, 3, 112, 112))
-    for h in handles:
-        h.remove()
-    return {k: tuple(v) for k, v in seen.items()}
-
-
-def conv_runner(conv: nn.Conv2d, shape: tuple, out_shape: tuple, batch: int, dtype: torch.dtype):
-    """``conv`` alone on ``batch`` faces, run as the fused path runs it (oneDNN's fused op, with bias, where
-    this torch has it) and in calls of as many faces as the path's chunk budget gives a layer of that output
-    size: ``(fn, faces it runs)``."""
-    itemsize = torch.finfo(dtype).bits // 8
-    per_call = max(1, min(batch, CHUNK_BYTES // (math.prod(out_shape) * itemsize)))
-    layer, fused = _conv(conv, dtype), pointwise_available(dtype)
-    x = torch.randn(per_call, *shape).to(dtype).contiguous(memory_format=torch.channels_last)
-    calls = math.ceil(batch / per_call)
-
-    def run() -> None:
-        with torch.inference_mode():
-            for _ in range(calls):
-                layer(x, fused=fused)
-
-    return run, per_call * calls
 
 
 def main() -> None:
@@ -75,8 +40,7 @@ def main() -> None:
     }
     cands = {}
     for key, (m, i, o, n) in convs.items():
-        fn, faces = conv_runner(m, i, o, args.batch, dtype)
-        cands[key] = repeated(fn, work[key] / n * faces)
+        cands[key] = repeated(conv_runner(m, i, o, args.batch, dtype), work[key] / n * args.batch)
     probes = {
         f"{c}x{side}x{side}": (
             conv_probe(f"{precision}/torch", torch.get_num_threads(), args.batch, c, side),

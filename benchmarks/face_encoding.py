@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import math
 import tempfile
 import time
 import warnings
@@ -44,6 +45,7 @@ from torch import nn
 from vafusion.cpu import choose_precision, cpu_info, cpu_kind
 from vafusion.features.face_choice import ChoiceCache
 from vafusion.features.face_encoder import FaceEncoder
+from vafusion.features.face_fused import CHUNK_BYTES, _conv, pointwise_available
 from vafusion.features.face_int8 import conv_probe
 from vafusion.io.onnx import onnxruntime_available
 from vafusion.models.iresnet import IResNet, iresnet, preprocess
@@ -148,32 +150,53 @@ def conv_candidates(precisions: list[str], with_ort: bool) -> dict[str, tuple]:
     return out
 
 
-def conv_ceiling(net: nn.Module, precision: str, batch: int) -> Callable[[], None]:
-    """Every convolution of ``net`` alone, each at its own shape (channels-last, with bias, ``batch`` faces),
-    one after the other: what the network would cost if everything between its convolutions (BatchNorm,
-    PReLU, additions, layout changes) were free. Its % of peak is the most that fusing those can give."""
-    shapes: list[tuple[nn.Conv2d, tuple[int, ...]]] = []
-    handles = [
-        m.register_forward_hook(lambda m, inp, _out: shapes.append((m, tuple(inp[0].shape[1:]))))
-        for m in net.modules()
-        if isinstance(m, nn.Conv2d)
-    ]
+def distinct_convs(net: nn.Module) -> dict[tuple, tuple[nn.Conv2d, tuple[int, ...], tuple[int, ...], int]]:
+    """``{(in, out, kernel, stride, side): (conv, input shape, output shape, count)}`` for one face."""
+    seen: dict[tuple, list] = {}
+
+    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        key = (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], inp[0].shape[-1])
+        seen.setdefault(key, [m, tuple(inp[0].shape[1:]), tuple(out.shape[1:]), 0])[3] += 1
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
         net(torch.zeros(1, 3, 112, 112))
     for h in handles:
         h.remove()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    steps = []
-    for m, shape in shapes:
-        conv = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, bias=True)
-        conv = conv.eval().to(dtype).to(memory_format=torch.channels_last)
-        x = torch.randn(batch, *shape).to(dtype).contiguous(memory_format=torch.channels_last)
-        steps.append((conv, x))
+    return {k: tuple(v) for k, v in seen.items()}
+
+
+def conv_runner(conv: nn.Conv2d, shape: tuple, out_shape: tuple, batch: int, dtype: torch.dtype):
+    """``conv`` alone on ``batch`` faces, run as the fused path runs it: oneDNN's fused op with bias (where
+    this torch has it), channels-last, in the chunks :meth:`FusedIResNet.plan` gives a layer of that output
+    size."""
+    itemsize = torch.finfo(dtype).bits // 8
+    parts = math.ceil(batch / max(1, CHUNK_BYTES // (math.prod(out_shape) * itemsize)))
+    per_call = math.ceil(batch / parts)
+    layer, fused = _conv(conv, dtype), pointwise_available(dtype)
+    x = torch.randn(batch, *shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    chunks = [x[i : i + per_call] for i in range(0, batch, per_call)]
 
     def run() -> None:
         with torch.inference_mode():
-            for conv, x in steps:
-                conv(x)
+            for chunk in chunks:
+                layer(chunk, fused=fused)
+
+    return run
+
+
+def conv_ceiling(net: nn.Module, precision: str, batch: int) -> Callable[[], None]:
+    """Every convolution of ``net`` alone, each at its own shape and run as the fused path runs it
+    (:func:`conv_runner`), one after the other: what the network would cost if everything between its
+    convolutions (PReLU, border corrections, additions) were free. Its % of peak is the most that fusing
+    those can give."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    runs = [(conv_runner(m, i, o, batch, dtype), n) for m, i, o, n in distinct_convs(net).values()]
+
+    def run() -> None:
+        for fn, n in runs:
+            for _ in range(n):
+                fn()
 
     return run
 
