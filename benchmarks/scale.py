@@ -98,7 +98,8 @@ def _sequence(root: Path, i: int, n: int, seed: np.random.SeedSequence) -> None:
 
 def build_store(root: Path, frames: int, sequences: int, seed: int = 0, threads: int = 2) -> dict:
     """Annotations and feature files of ``frames`` rows in ``sequences`` sequences (skipped when built; the
-    files of a store built to another spec, or cut short, are removed first).
+    files of a store this script built to another spec, or cut short, are removed first; a ``root`` holding
+    other ``data/`` or ``feats/`` is refused).
 
     Each sequence draws from its own generator (spawned from ``seed``), so ``threads`` sequences are made at
     once (numpy's generators and the file writes release the GIL) and the store is the same for any count.
@@ -107,9 +108,13 @@ def build_store(root: Path, frames: int, sequences: int, seed: int = 0, threads:
     spec = {"frames": frames, "sequences": sequences, "seed": seed, "dims": DIMS, "version": 2}
     if stamp.is_file() and json.loads(stamp.read_text()).get("spec") == spec:
         return json.loads(stamp.read_text())
-    stamp.unlink(missing_ok=True)
-    for made in (root / "data" / ANN, root / "feats"):  # another spec's or a killed build's files
-        shutil.rmtree(made, ignore_errors=True)
+    if stamp.is_file():  # a store of another spec, or a build cut short: this script's files, remade
+        for made in (root / "data" / ANN, root / "feats"):
+            shutil.rmtree(made, ignore_errors=True)
+    elif (root / "data").exists() or (root / "feats").exists():
+        raise SystemExit(f"{root} holds data/ or feats/ this script did not make; pass an empty --root")
+    root.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"spec": None}))  # marks the folder as this script's while it builds
     t0 = time.perf_counter()
     lengths = _lengths(np.random.default_rng(seed), frames, sequences)
     seeds = np.random.SeedSequence(seed).spawn(len(lengths))
