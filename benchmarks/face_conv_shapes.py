@@ -24,11 +24,10 @@ import math
 
 import torch
 from _common import load_text, machine, race, repeated, table
-from face_encoding import STAGE_SHAPES, conv_runner, distinct_convs
+from face_encoding import conv_runner, distinct_convs, stage_probes
 from face_fused import setup
 
 from vafusion.features.face_fused import FusedIResNet
-from vafusion.features.face_int8 import conv_probe
 
 
 def main() -> None:
@@ -41,13 +40,7 @@ def main() -> None:
     cands = {}
     for key, (m, i, o, n) in convs.items():
         cands[key] = repeated(conv_runner(m, i, o, args.batch, dtype), work[key] / n * args.batch)
-    probes = {
-        f"{c}x{side}x{side}": (
-            conv_probe(f"{precision}/torch", torch.get_num_threads(), args.batch, c, side),
-            2 * args.batch * c * c * 9 * side * side / 1e9,
-        )
-        for c, side in STAGE_SHAPES
-    }
+    probes = stage_probes(f"{precision}/torch", args.batch)
     cands.update({f"peak {k}": repeated(fn, gflop) for k, (fn, gflop) in probes.items()})
     fused, x = FusedIResNet(net, dtype), torch.randn(args.batch, 3, 112, 112)
     cands["fused path"] = repeated(lambda: fused(x), args.batch, 0.5)

@@ -131,23 +131,29 @@ def crop_sets(crops_dir: Path, n_test: int | None) -> tuple[dict[str, np.ndarray
     return {**sets, "test": test, "timing": sets["test"][:BATCH]}, f"{source}; {len(test)} held out"
 
 
+def stage_probes(kind: str, batch: int) -> dict[str, tuple[Callable[[], object], float]]:
+    """``{"CxHxW": (fn, GFLOP)}``: one bare 3x3 convolution per IResNet-50 stage shape, ``batch`` faces, as
+    the face path ``kind`` runs it (``face_int8.conv_probe``), each called once by ``fn``."""
+    threads = torch.get_num_threads()
+    return {
+        f"{c}x{hw}x{hw}": (conv_probe(kind, threads, batch, c, hw), 2 * batch * c * c * 9 * hw * hw / 1e9)
+        for c, hw in STAGE_SHAPES
+    }
+
+
 def conv_candidates(precisions: list[str], with_ort: bool) -> dict[str, tuple]:
     """``{"<precision> <backend> conv CxHxW": (fn, GFLOP)}``: bare stage-shape convolutions for the peaks,
     built as the face path's int8 probe builds them (``face_int8.conv_probe``: channels-last torch, a plain
-    ONNX Runtime ``Conv``, int8 as one ``QLinearConv``)."""
-    out = {}
-    threads = torch.get_num_threads()
+    ONNX Runtime ``Conv``, int8 as one ``QLinearConv``), each at its steady rate (:func:`repeated`)."""
     kinds = [f"{p}/torch" for p in precisions if p != "int8"]
     if with_ort:
         kinds += ["fp32/onnxruntime", *(["int8/onnxruntime"] if "int8" in precisions else [])]
-    for c, hw in STAGE_SHAPES:
-        gflop = 2 * BATCH * c * c * 9 * hw * hw / 1e9
-        for kind in kinds:
-            prec, backend = kind.split("/")
-            out[f"{prec} {backend} conv {c}x{hw}x{hw}"] = repeated(
-                conv_probe(kind, threads, BATCH, c, hw), gflop
-            )
-    return out
+    probes = {kind: stage_probes(kind, BATCH) for kind in kinds}
+    return {
+        f"{kind.replace('/', ' ')} conv {shape}": repeated(*probes[kind][shape])
+        for shape in probes[kinds[0]]
+        for kind in kinds
+    }
 
 
 def distinct_convs(net: nn.Module) -> dict[tuple, tuple[nn.Conv2d, tuple[int, ...], tuple[int, ...], int]]:
