@@ -26,6 +26,7 @@ class VATask(L.LightningModule):
         self.lr = cfg.lr * lr_scale
         self.seed = seed
         self.val_ccc = CCC(num_outputs=2)
+        self._plateau_state: dict | None = None
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.net(batch["feats"], batch["valid"])
@@ -62,11 +63,31 @@ class VATask(L.LightningModule):
         """
         torch.manual_seed(epoch_seed(self.seed, self.current_epoch, batch_idx))
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW; its ReduceLROnPlateau is stepped by :meth:`on_train_epoch_end`, not by Lightning.
+
+        Lightning steps plateau schedulers after the epoch's ``last.ckpt`` is written, so a run resumed from
+        it would miss that step and lower the learning rate at another epoch than the uninterrupted run.
+        """
         opt = torch.optim.AdamW(
             self.net.parameters(), lr=self.lr, weight_decay=self.cfg.weight_decay, foreach=FOREACH
         )
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="max", factor=self.cfg.plateau_factor, patience=self.cfg.plateau_patience
         )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val_P"}}
+        if self._plateau_state is not None:
+            self.plateau.load_state_dict(self._plateau_state)
+        return opt
+
+    def on_train_epoch_end(self) -> None:
+        """Step the plateau scheduler on this epoch's ``val_P``, before the checkpoint callbacks save it."""
+        score = self.trainer.callback_metrics.get("val_P")
+        if score is not None:
+            self.plateau.step(float(score))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["plateau"] = self.plateau.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Keep the scheduler's state until :meth:`configure_optimizers` (Lightning restores first)."""
+        self._plateau_state = checkpoint.get("plateau")
