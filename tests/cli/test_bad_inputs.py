@@ -23,6 +23,7 @@ import torch
 from tests.helpers import fast_cv, write_annotation, write_video
 from vafusion.cli import main
 from vafusion.data.affwild2 import read_annotation, scan
+from vafusion.data.sequence import load_sequence
 from vafusion.data.synth import make_corpus
 from vafusion.errors import AnnotationError, MediaError, VafusionError, WeightsError
 from vafusion.features.store import read_features, write_features
@@ -338,6 +339,20 @@ def test_nan_and_inf_feature_rows_are_zeroed_and_masked(tmp_path):
     assert np.isfinite(ff.features).all() and ff.valid.sum() == 3
 
 
+def test_nan_written_into_a_file_after_extract_is_masked_when_mapped(tmp_path):
+    """A file edited (or written by other code) after extract may keep a meta that calls it clean: mapped
+    reads check the rows again."""
+    feats = np.ones((5, 3), np.float32)
+    p = tmp_path / "landmarks" / "v.npz"
+    write_features(p, feats, np.ones(5, bool), np.arange(5) / 30, {"extractor": "landmarks", "dim": 3})
+    meta = read_features(p).meta
+    feats[2, 1], feats[4, 0] = np.nan, -np.inf
+    np.savez(p, features=feats, valid=np.ones(5, bool), times=np.arange(5.0), meta=np.array(json.dumps(meta)))
+    ff = read_features(p, mmap=True)
+    assert ff.meta["nonfinite_rows"] == 0
+    assert np.isfinite(ff.features).all() and ff.valid.tolist() == [True, True, False, True, False]
+
+
 @pytest.mark.parametrize(
     "content, words",
     [
@@ -608,6 +623,27 @@ def test_extract_sensible_rows_for_awkward_but_valid_items(planted, extracted):
     assert not face["a_longer"][30:].any()
     vfr = _feat(planted, "logmel", "v_vfr")
     assert np.allclose(vfr.times, vfr_times(20), atol=1e-3)  # audio taken at each frame's real time
+
+
+def test_annotation_rows_past_the_video_end_are_neither_trained_on_nor_scored(planted, extracted):
+    sample = scan(planted / "data").by_name()["a_longer"]  # 40 rows, 30 frames
+    streams = {"visual": "landmarks", "vggish": "egemaps", "logmel": "logmel"}
+    seq = load_sequence(sample, planted / "feats", streams, list(streams), mmap=True)
+    assert seq.length == 40 and seq.label_valid[:30].all() and not seq.label_valid[30:].any()
+
+
+def test_extract_redoes_files_whose_annotation_changed_length(planted, extracted, tmp_path):
+    """A finished file is skipped only while it has one row per annotation row."""
+    data, feats = tmp_path / "data", tmp_path / "feats"
+    shutil.copytree(planted / "data", data)
+    shutil.copytree(planted / "feats", feats)
+    write_annotation(data / ANN / "Train_Set" / "a_shorter.txt", _labels(25, 1))
+    rc, _, err = _run(["extract", "--data", str(data), "--features", str(feats), "--quiet"])
+    assert rc == 1 and "Traceback" not in err  # the planted bad items still fail
+    summary = json.loads((feats / "extract_summary.json").read_text())
+    for ext in ("landmarks", "egemaps", "logmel"):
+        assert summary["extractors"][ext]["done"] == 1, ext
+        assert len(read_features(feats / ext / "a_shorter.npz").valid) == 25
 
 
 def test_extract_reports_notes_for_awkward_items(extracted):

@@ -17,6 +17,7 @@ from vafusion.config import load_config
 from vafusion.data.affwild2 import scan
 from vafusion.data.folds import assign_folds
 from vafusion.features.extractors import resolve_streams
+from vafusion.features.store import read_features, write_features
 from vafusion.train.cv import CrossValidation
 
 ANN = "annotations/VA_Estimation_Challenge"
@@ -141,3 +142,35 @@ def test_rerun_reuses_only_what_is_still_current(pair):
     t1 = _mtime(run)
     library_cv(pair, run, "train.max_epochs=1")
     assert _mtime(run) != t1 and _metrics(run)["job"] != first["job"]  # another setting: retrained
+
+
+def test_an_edited_annotation_or_feature_file_retrains(pair, tmp_path):
+    """The job key covers what the files hold: a label edited in place (same number of rows) or a feature
+    file rewritten retrains; a copy that keeps the files' times, and the label edit undone, do not."""
+    root = tmp_path / "copy"
+    for part in ("data", "feats"):
+        shutil.copytree(pair / part, root / part)  # copy2: modification times kept
+    run = root / "run"
+    shutil.copytree(pair / "a", run)
+    first, t0 = _metrics(run), _mtime(run)
+    library_cv(root, run)
+    assert _mtime(run) == t0
+
+    ann = root / "data" / ANN / "Train_Set" / "vid05.txt"
+    good = ann.read_text()
+    head, *rows = good.splitlines()
+    flipped = [f"{-float(v):.4f},{a}" for v, a in (r.split(",") for r in rows)]
+    ann.write_text("\n".join([head, *flipped]) + "\n")
+    library_cv(root, run)
+    assert _mtime(run) != t0 and _metrics(run)["job"] != first["job"]
+    ann.write_text(good)
+    library_cv(root, run)
+    assert _metrics(run)["job"] == first["job"]
+    assert _metrics(run)["mean"] == first["mean"]
+
+    t1 = _mtime(run)
+    path = root / "feats" / "egemaps" / "vid05.npz"
+    ff = read_features(path)
+    write_features(path, ff.features * 2, ff.valid, ff.times, ff.meta)
+    library_cv(root, run)
+    assert _mtime(run) != t1 and _metrics(run)["job"] != first["job"]

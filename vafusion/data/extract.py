@@ -112,13 +112,38 @@ def sample_frames(sample: Sample) -> tuple[int, float, list[str]]:
     n = info.n_frames
     if sample.annotation is not None:
         labels, _ = read_annotation(sample.annotation)
-        if len(labels) != info.n_frames:
+        if len(labels) > info.n_frames:
             notes.append(
                 f"{sample.name}: annotation has {len(labels)} rows, video {info.n_frames} frames "
-                f"(rows past the video's end are marked invalid)"
+                "(the rows past the video's end have no input: left out of training and scoring)"
+            )
+        elif len(labels) < info.n_frames:
+            notes.append(
+                f"{sample.name}: annotation has {len(labels)} rows, video {info.n_frames} frames "
+                "(the frames past the annotation's end are not used)"
             )
         n = len(labels)
     return n, info.fps, notes
+
+
+def _up_to_date(path: Path, ext, sample: Sample) -> bool:
+    """Whether ``path`` holds ``ext``'s features of ``sample`` as extracting it now would: the same
+    extractor fingerprint and, for an annotated sample, one row per current annotation row."""
+    meta = read_meta(path) if path.exists() else None
+    if meta is None or meta.get("fingerprint") != ext.fingerprint:
+        return False
+    if sample.annotation is None:
+        return True
+    try:
+        return meta.get("frames") == _annotation_rows(sample.annotation, _stamp(sample.annotation))
+    except VafusionError:
+        return False  # extracting it reports the broken annotation
+
+
+@lru_cache(maxsize=4096)
+def _annotation_rows(path: Path, stamp: tuple[int, int]) -> int:
+    """Rows of an annotation file, read once per extract run for all extractors while it is unchanged."""
+    return len(read_annotation(path)[0])
 
 
 def face_features(
@@ -169,10 +194,12 @@ def face_features(
 
 
 def audio_features(
-    extractor, sample: Sample, times: np.ndarray, stats: ExtractorStats
+    extractor, sample: Sample, times: np.ndarray, stats: ExtractorStats, video_frames: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Audio features at the frame times, read in chunks so memory does not grow with the video's length
-    (:func:`stream_audio_features`, as ``vafusion predict``); a video without audio gives all-invalid rows."""
+    (:func:`stream_audio_features`, as ``vafusion predict``); a video without audio gives all-invalid rows.
+    The audio counts as shorter than the video when it ends before the last of the ``video_frames`` rows
+    that have a frame."""
     got = stream_audio_features(sample.video, [extractor], times)
     feats, valid = got.feats[0], got.valid[0]
     if not got.seconds:
@@ -180,7 +207,8 @@ def audio_features(
         return feats, valid
     if got.nonfinite[0]:
         stats.notes["NaN/Inf rows zeroed and masked"].append(f"{sample.name} ({got.nonfinite[0]})")
-    if len(times) and got.seconds < times[-1]:
+    last = min(len(times), video_frames or len(times)) - 1
+    if last >= 0 and got.seconds < times[last]:
         stats.notes["audio shorter than video"].append(sample.name)
     stats.media_seconds += got.seconds
     return feats, valid
@@ -197,7 +225,7 @@ def _extract_one(
     if ext.modality == "face":
         feats, valid = face_features(ext, sample, n, cfg.face_batch, stats, cfg.face_stride)
     else:
-        feats, valid = audio_features(ext, sample, times, stats)
+        feats, valid = audio_features(ext, sample, times, stats, info.n_frames)
     if n > info.n_frames:
         valid[info.n_frames :] = False
     meta = {
@@ -206,6 +234,7 @@ def _extract_one(
         "params": ext.params,
         "dim": ext.dim,
         "frames": n,
+        "video_frames": info.n_frames,
         "fps": fps,
         "video": str(sample.video),
         "valid_frac": float(valid.mean()),
@@ -224,8 +253,7 @@ def _run_extractor(
     bar = tqdm(samples, desc=f"extract {ext.name}", unit="video", disable=not progress, dynamic_ncols=True)
     for sample in bar:
         path = feature_path(out, ext.name, sample.name)
-        meta = read_meta(path) if path.exists() else None
-        if meta is not None and meta.get("fingerprint") == ext.fingerprint:
+        if _up_to_date(path, ext, sample):
             stats.skipped += 1
             continue
         t0 = time.perf_counter()

@@ -8,6 +8,7 @@ inference run overlapping windows over whole sequences and average them
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch.utils.data import Dataset, Sampler
 
 from vafusion.data.affwild2 import Sample, read_annotation
 from vafusion.errors import VafusionError
-from vafusion.features.store import feature_path, read_features
+from vafusion.features.store import FeatureFile, feature_path, read_features
 from vafusion.models.normaliser import Normaliser
 from vafusion.models.windows import window_starts
 
@@ -36,6 +37,9 @@ class Sequence:
     fingerprints: dict[str, str] = field(default_factory=dict)
     params: dict[str, dict] = field(default_factory=dict)
     fps: float | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    """What the sequence was read from: ``labels`` -> digest of the annotation file, role -> the feature
+    file's size and modification time (see :func:`load_sequence`)."""
 
     @property
     def length(self) -> int:
@@ -83,41 +87,57 @@ def load_sequence(
     """Read the labels and the features of ``roles`` (role -> extractor via ``streams``).
 
     ``mmap``: the features are read-only views of the files (:func:`~vafusion.features.store.read_features`),
-    read from disk only where they are used.
+    read from disk only where they are used. Annotation rows past the video's last frame (as ``extract``
+    recorded it) have no input in any stream and are marked invalid, so they are neither trained on nor
+    scored.
     """
+    labels, label_valid, sources = None, None, {}
     if sample.annotation is not None:
         labels, label_valid = read_annotation(sample.annotation)
-    else:
-        labels, label_valid = None, None
+        sources["labels"] = hashlib.sha256(Path(sample.annotation).read_bytes()).hexdigest()[:16]
     feats, valid, prints, params = {}, {}, {}, {}
-    fps = None
+    fps, video_frames = None, None
     for role in roles:
         path = feature_path(feats_root, streams[role], sample.name)
         ff = read_features(path, mmap=mmap)
-        made_by = ff.meta.get("extractor", streams[role])
-        if made_by != streams[role]:
-            raise VafusionError(
-                path,
-                f"holds {made_by} features, but the {role} stream reads {streams[role]} features",
-                "delete it and rerun `vafusion extract`",
-            )
-        if int(ff.meta.get("dim", ff.features.shape[1])) != ff.features.shape[1]:
-            raise VafusionError(
-                path,
-                f"holds {ff.features.shape[1]}-d rows but says {ff.meta['dim']}-d",
-                "delete it and rerun `vafusion extract`",
-            )
+        _check_meta(path, ff, role, streams[role])
+        st = path.stat()
+        sources[role] = f"{st.st_size}:{st.st_mtime_ns}"
         prints[role] = str(ff.meta.get("fingerprint", ""))
         params[role] = dict(ff.meta.get("params") or {})
         if isinstance(ff.meta.get("fps"), (int, float)) and ff.meta["fps"] > 0:
             fps = float(ff.meta["fps"])
+        if isinstance(ff.meta.get("video_frames"), int):
+            video_frames = ff.meta["video_frames"]
         if labels is None:
             labels = np.zeros((len(ff.features), 2), np.float32)
             label_valid = np.zeros(len(ff.features), bool)
         n = len(labels)
         feats[role] = _fit_length(ff.features, n, 0.0)
         valid[role] = _fit_length(ff.valid, n, False)
-    return Sequence(sample.name, sample.video_id, feats, valid, labels, label_valid, prints, params, fps)
+    if video_frames is not None and video_frames < len(labels):
+        label_valid = label_valid.copy()
+        label_valid[video_frames:] = False
+    return Sequence(
+        sample.name, sample.video_id, feats, valid, labels, label_valid, prints, params, fps, sources
+    )
+
+
+def _check_meta(path: Path, ff: FeatureFile, role: str, extractor: str) -> None:
+    """A feature file made by the extractor the stream reads, with the width it says."""
+    made_by = ff.meta.get("extractor", extractor)
+    if made_by != extractor:
+        raise VafusionError(
+            path,
+            f"holds {made_by} features, but the {role} stream reads {extractor} features",
+            "delete it and rerun `vafusion extract`",
+        )
+    if int(ff.meta.get("dim", ff.features.shape[1])) != ff.features.shape[1]:
+        raise VafusionError(
+            path,
+            f"holds {ff.features.shape[1]}-d rows but says {ff.meta['dim']}-d",
+            "delete it and rerun `vafusion extract`",
+        )
 
 
 class WindowDataset(Dataset):

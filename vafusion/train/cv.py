@@ -158,7 +158,8 @@ class CrossValidation:
         self, model: str, fold: int, roles: list[str], train_names: list[str], test_names: list[str]
     ) -> str:
         """Digest of everything a (model, fold) result depends on: a finished result is reused only
-        while its key is unchanged, so a fixed input, new features or a new setting retrain it."""
+        while its key is unchanged, so a fixed input, an edited annotation, a rewritten feature file (size
+        or modification time) or a new setting retrains it."""
         cfg = to_dict(self.cfg)
         cfg["train"] = {k: v for k, v in cfg["train"].items() if k not in RUNTIME_KEYS}
         cfg["cv"] = {k: cfg["cv"][k] for k in ("seed", "eval_window", "eval_hop")}
@@ -171,6 +172,7 @@ class CrossValidation:
             "streams": {r: self.streams[r] for r in roles},
             "dims": {r: int(seqs[0].feats[r].shape[1]) for r in roles},
             "fingerprints": {r: sorted({s.fingerprints.get(r, "") for s in seqs}) for r in roles},
+            "sources": {s.name: [s.sources.get(k, "") for k in ("labels", *roles)] for s in seqs},
             "config": cfg,
             "train": sorted(train_names),
             "test": sorted(test_names),
