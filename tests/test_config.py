@@ -12,6 +12,7 @@ import pytest
 from tests.helpers import REPO
 from vafusion.config import config_file, config_names, load_config
 from vafusion.errors import VafusionError
+from vafusion.pipeline import parse_models
 
 
 def test_shipped_configs_load_by_name_and_by_path() -> None:
@@ -52,3 +53,10 @@ def test_a_built_wheel_carries_the_configs(tmp_path) -> None:
         "vafusion/configs/demo.yaml",
         "vafusion/configs/debug/fast.yaml",
     } <= names
+
+
+def test_models_named_twice_are_refused() -> None:
+    """Two workers would train the same (model, fold) into the same folder at once."""
+    with pytest.raises(VafusionError, match="--models 'vggish,vggish' names a model twice"):
+        parse_models("vggish,vggish", load_config())
+    assert parse_models("vggish,visual", load_config()) == ["vggish", "visual"]

@@ -27,7 +27,6 @@ from vafusion.schema import (
     AT_LEAST_1,
     DROPOUT,
     FRACTION,
-    INTEGER,
     NON_NEGATIVE,
     POSITIVE,
     Rule,
@@ -36,6 +35,14 @@ from vafusion.schema import (
     optional,
     setting,
 )
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+"""What Lightning's ``Trainer(accelerator=...)`` accepts by name."""
+PRECISIONS = (
+    *("64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed"),
+    *("64", "32", "16", "bf16"),
+)
+"""What Lightning's ``Trainer(precision=...)`` accepts."""
 
 
 @dataclass
@@ -55,11 +62,11 @@ class TrainConfig:
     branch_dropout: float = setting(0.1, DROPOUT)
     frame_dropout: float = setting(0.05, DROPOUT)
     num_workers: int = setting(0, AT_LEAST_0)
-    accelerator: str = "auto"
+    accelerator: str = setting("auto", one_of(*ACCELERATORS))
     devices: Any = 1
     num_nodes: int = setting(1, AT_LEAST_1)
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str = setting("32-true", one_of(*PRECISIONS))
     threads: int = setting(1, AT_LEAST_0)
 
     def relations(self) -> list[tuple[str, bool, str]]:
@@ -84,20 +91,22 @@ class FusionStageConfig:
 
 
 TRAINABLE = Rule(
-    f"a non-empty list of {', '.join(model_names(trainable=True))}",
-    lambda v: len(v) > 0 and all(m in model_names(trainable=True) for m in v),
+    f"a non-empty list of distinct models from {', '.join(model_names(trainable=True))}",
+    lambda v: len(v) > 0 and len(set(v)) == len(v) and all(m in model_names(trainable=True) for m in v),
 )
+SEED = Rule("an integer 0 <= seed < 2**32", lambda v: type(v) is int and 0 <= v < 2**32)
 
 
 @dataclass
 class CVConfig:
     """Cross-validation: the paper's six folds and which models to run."""
 
-    seed: int = setting(0, INTEGER)
+    seed: int = setting(0, SEED)
     n_train_folds: int = setting(5, AT_LEAST_1)
     models: list[str] = setting(["fusion", "visual", "vggish", "logmel"], TRAINABLE)
     folds: list[int] = setting(
-        [0, 1, 2, 3, 4, 5], Rule("a non-empty list of fold numbers", lambda v: len(v) > 0)
+        [0, 1, 2, 3, 4, 5],
+        Rule("a non-empty list of distinct fold numbers", lambda v: len(v) > 0 and len(set(v)) == len(v)),
     )
     eval_window: int = setting(300, AT_LEAST_1)
     eval_hop: int = setting(150, AT_LEAST_1)
@@ -129,7 +138,7 @@ class SynthConfig:
 
     videos: int = setting(24, AT_LEAST_1)
     seconds: float = setting(15.0, POSITIVE)
-    seed: int = setting(0, INTEGER)
+    seed: int = setting(0, AT_LEAST_0)
 
 
 @dataclass
@@ -173,6 +182,11 @@ def config_file(name_or_path: str | Path) -> Path:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, merged with a YAML file (or a shipped config's name) and ``key=value`` overrides."""
     base = OmegaConf.structured(Config)
+    for item in overrides or []:
+        if "=" not in item:
+            raise VafusionError(
+                None, f"--set {item!r} has no value", "write --set KEY=VALUE, e.g. --set train.lr=0.001"
+            )
     try:
         if path is not None:
             path = config_file(path)
@@ -180,10 +194,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if overrides:
             base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
         raise VafusionError(
             path,
-            f"invalid configuration: {str(exc).splitlines()[0]}",
-            "check the key names and types against `vafusion config --show`",
+            f"invalid configuration{f' for {key}' if key else ''}: {str(exc).splitlines()[0]}",
+            "check the key names and types against `vafusion config --show` (lists are written [a,b])",
         ) from None
     cfg = OmegaConf.to_object(base)
     check(cfg)

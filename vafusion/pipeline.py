@@ -57,6 +57,8 @@ def parse_models(text: str | None, cfg: Config) -> list[str]:
             raise VafusionError(
                 None, f"unknown model {m!r}", f"--models takes a comma list of {', '.join(MODELS)}"
             )
+    if len(set(chosen)) < len(chosen):
+        raise VafusionError(None, f"--models {text!r} names a model twice", "name each model once")
     return chosen
 
 
@@ -89,18 +91,37 @@ def run_cv(
     corpus = scan(data)
     chosen = parse_models(models, cfg)
     streams, notes = resolve_streams(cfg.features)
+    n = cfg.cv.n_train_folds
     if folds_file is not None:
-        folds = read_folds(folds_file, corpus.samples)
+        folds = read_folds(folds_file, corpus.samples, n)
     elif (out / "folds.csv").exists():
-        folds = read_folds(out / "folds.csv", corpus.samples)
+        folds = read_folds(out / "folds.csv", corpus.samples, n)
     else:
-        folds = assign_folds(corpus.samples, seed=cfg.cv.seed, n_train_folds=cfg.cv.n_train_folds)
+        folds = assign_folds(corpus.samples, seed=cfg.cv.seed, n_train_folds=n)
     out.mkdir(parents=True, exist_ok=True)
     write_folds(folds, out / "folds.csv")
     cv = CrossValidation(corpus, feats, out, cfg, folds, streams, notes, progress=progress, resume=resume)
-    results = cv.run_all(chosen, [f for f in cfg.cv.folds if f in set(folds["fold"])])
+    results = cv.run_all(chosen, _folds_to_run(cfg.cv.folds, folds, folds_file or out / "folds.csv", notes))
     write_results(results, out / "results.csv")
     return CVRun(results, streams, notes, {name: exc.one_line() for name, exc in cv.failed.items()})
+
+
+def _folds_to_run(wanted: list[int], folds: pd.DataFrame, source: Path, notes: list[str]) -> list[int]:
+    """``cv.folds`` that have samples. Fold 0 is left out with a note when the corpus has no
+    Validation_Set; any other requested fold without samples is an error naming the fold table."""
+    present = set(folds["fold"])
+    if 0 in wanted and 0 not in present and not (folds["split"] == "Validation_Set").any():
+        notes.append("fold 0 (the Validation_Set) skipped: the corpus has no Validation_Set annotations")
+        wanted = [f for f in wanted if f != 0]
+    empty = [f for f in wanted if f not in present]
+    if empty:
+        raise VafusionError(
+            source,
+            f"fold{'s' if len(empty) > 1 else ''} {', '.join(map(str, empty))} of cv.folds "
+            f"{'have' if len(empty) > 1 else 'has'} no samples",
+            "give every fold samples in the fold table, or leave those folds out with --set cv.folds=[...]",
+        )
+    return wanted
 
 
 @dataclass

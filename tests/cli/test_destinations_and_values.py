@@ -22,6 +22,8 @@ import pytest
 
 from tests.helpers import SHARED_VIDEOS, fast_cv, write_linear_feature_corpus, write_video
 from vafusion.cli import main
+from vafusion.data.affwild2 import scan
+from vafusion.data.folds import assign_folds, write_folds
 from vafusion.errors import OutputError, VafusionError
 from vafusion.inference import submit as submit_module
 from vafusion.inference.overlay import Shown, draw_overlay
@@ -219,6 +221,13 @@ def test_a_full_disk_stops_predict_and_submit_with_one_line(tiny, clips, tmp_pat
             "model.head_dropout=1.5 is out of range; allowed: a probability 0 <= p < 1",
         ),
         ("cv.folds=[9]", "cv.folds=[9] is out of range; allowed: fold numbers 0..5"),
+        ("cv.folds=[0,0]", "cv.folds=[0, 0] is out of range; allowed: a non-empty list of distinct fold"),
+        ("cv.models=[visual,visual]", "cv.models=['visual', 'visual'] is out of range; allowed: a non-empty"),
+        ("cv.seed=-1", "cv.seed=-1 is out of range; allowed: an integer 0 <= seed < 2**32"),
+        ("train.accelerator=tpu9", "train.accelerator='tpu9' is out of range; allowed: one of auto, cpu"),
+        ("train.precision=17", "train.precision='17' is out of range; allowed: one of 64-true"),
+        ("cv.folds=0", "invalid configuration for cv.folds: "),
+        ("train.max_epochs", "--set 'train.max_epochs' has no value; write --set KEY=VALUE"),
     ],
 )
 def test_config_values_are_range_checked_when_loaded(tiny, tmp_path, setting: str, allowed: str) -> None:
@@ -415,3 +424,18 @@ def test_a_demo_model_says_so_once_per_command_and_on_its_outputs(tiny, clips, t
 
 def test_an_output_error_is_a_vafusion_error() -> None:
     assert issubclass(OutputError, VafusionError)
+
+
+def test_a_requested_fold_without_samples_is_an_error_not_skipped(tiny, tmp_path) -> None:
+    """A fold table that leaves a fold of cv.folds empty stops before training (the mean over folds would
+    silently be over fewer folds)."""
+    common = ["cv", "--data", str(tiny / "data"), "--features", str(tiny / "feats"), "--quiet"]
+    folds = tmp_path / "folds.csv"
+    table = assign_folds(scan(tiny / "data").samples, seed=0)
+    table.loc[table["fold"] == 1, "fold"] = 2
+    write_folds(table, folds)
+    run = ["--out", str(tmp_path / "run"), "--folds", str(folds), "--set", "cv.folds=[0,1]"]
+    rc, _, err = _run([*common, *run])
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"vafusion: error: {folds}: fold 1 of cv.folds has no samples")
+    assert not (tmp_path / "run" / "results.csv").exists()

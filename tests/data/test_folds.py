@@ -92,3 +92,14 @@ def test_folds_json_safe_names_survive_the_run_directory(tmp_path):
     assert read_folds(tmp_path / "folds.csv", samples).equals(folds)
     assert json.loads(json.dumps(folds.to_dict("list")))["name"] == folds["name"].tolist()
     assert isinstance(pd.read_csv(tmp_path / "folds.csv")["fold"].iloc[0], np.integer)
+
+
+@pytest.mark.parametrize("value", ["9", "-1", "x", "1.5"])
+def test_a_fold_number_outside_the_folds_is_a_one_line_error(tmp_path, value):
+    samples = _samples([f"v{i}" for i in range(8)], set(), {"v0"})
+    folds = assign_folds(samples, seed=0)
+    folds["fold"] = folds["fold"].astype(str)
+    folds.loc[folds.index[-1], "fold"] = value
+    write_folds(folds, tmp_path / "folds.csv")
+    with pytest.raises(VafusionError, match=f"has fold {value}; folds are 0 .Validation_Set. to 5"):
+        read_folds(tmp_path / "folds.csv", samples)

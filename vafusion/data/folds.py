@@ -60,10 +60,11 @@ def write_folds(folds: pd.DataFrame, path: str | Path) -> None:
         folds.to_csv(tmp, index=False)
 
 
-def read_folds(path: str | Path, samples: list[Sample]) -> pd.DataFrame:
+def read_folds(path: str | Path, samples: list[Sample], n_train_folds: int = N_TRAIN_FOLDS) -> pd.DataFrame:
     """Read a fold table written by ``write_folds`` and check it against the corpus.
 
-    Every annotated sample must have exactly one fold, and a video's samples must share it.
+    Every annotated sample must have exactly one fold, a number 0..``n_train_folds``, and a video's
+    samples must share it.
     """
     path = Path(path)
     try:
@@ -84,6 +85,15 @@ def read_folds(path: str | Path, samples: list[Sample]) -> pd.DataFrame:
             "regenerate the fold file or add those names",
         )
     folds = folds[folds["name"].isin(known)].copy()
+    numbers = pd.to_numeric(folds["fold"], errors="coerce")
+    bad = folds[~numbers.isin(range(n_train_folds + 1))]
+    if len(bad):
+        raise VafusionError(
+            path,
+            f"sample {bad['name'].iloc[0]} has fold {bad['fold'].iloc[0]}",
+            f"folds are 0 (Validation_Set) to {n_train_folds} (cv.n_train_folds); fix the fold column",
+        )
+    folds["fold"] = numbers.astype(int)
     folds["video"] = [known[n].video_id for n in folds["name"]]
     folds["split"] = [known[n].split for n in folds["name"]]
     per_video = folds.groupby("video")["fold"].nunique()

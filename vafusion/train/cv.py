@@ -263,7 +263,7 @@ class CrossValidation:
         train, val = inner_split(train_all, self.cfg.train.inner_val_fraction, self.cfg.cv.seed + fold)
         cfg, lr_scale, init = self._stage(model, fold)
         t0 = time.perf_counter()
-        seed = self.cfg.cv.seed * 1000 + fold * 10 + MODELS.index(model)
+        seed = (self.cfg.cv.seed * 1000 + fold * 10 + MODELS.index(model)) % 2**32  # numpy's range
         net, norm, facts = fit(
             train,
             val,
