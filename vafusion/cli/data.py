@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from vafusion.cli.common import add_common, add_output, add_weights, config_from, positive
+from vafusion.cli.common import add_common, add_output, add_weights, config_from, non_negative, positive
 from vafusion.data.affwild2 import scan
 from vafusion.data.shards import merge_shards
 from vafusion.data.synth import make_corpus
@@ -93,7 +93,9 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path, help="output folder (created)")
     p.add_argument("--videos", type=positive(int), default=24, help="number of videos (default 24)")
     p.add_argument("--seconds", type=positive(float), default=15.0, help="seconds per video (default 15)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same corpus (default 0)")
+    p.add_argument(
+        "--seed", type=non_negative(int), default=0, help="random seed; same seed, same corpus (default 0)"
+    )
     add_output(p)
     p.set_defaults(func=cmd_synth)
 

@@ -17,7 +17,7 @@ from vafusion.cli.common import (
     non_negative,
     positive,
 )
-from vafusion.config import config_names, to_yaml
+from vafusion.config import ACCELERATORS, PRECISIONS, config_names, to_yaml
 from vafusion.evaluation.report import write_report
 from vafusion.io.atomic import prepare_file
 from vafusion.models.iresnet import ARCH_LAYERS
@@ -185,7 +185,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="length of each video (default synth.seconds, 15)",
     )
-    p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    p.add_argument("--seed", type=non_negative(int), default=0, help="corpus seed (default 0)")
     p.add_argument(
         "--resume", action="store_true", help="continue an interrupted training from its last checkpoint"
     )
@@ -315,13 +315,17 @@ def _add_finetune_face(sub: argparse._SubParsersAction) -> None:  # long: argpar
         default=0,
         help="DataLoader worker processes (default 0: in process)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=non_negative(int), default=0, help="random seed (default 0)")
     p.add_argument(
-        "--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu (default auto)"
+        "--accelerator",
+        default="auto",
+        choices=ACCELERATORS,
+        help="Lightning accelerator (default auto: a GPU if there is one)",
     )
     p.add_argument(
         "--precision",
         default="32-true",
+        choices=PRECISIONS,
         help="Lightning precision, e.g. 32-true, 16-mixed, bf16-mixed (default 32-true)",
     )
     p.add_argument(
