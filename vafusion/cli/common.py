@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -108,7 +109,8 @@ def int_list(text: str | None, flag: str) -> list[int] | None:
 
 
 def number(kind: type, minimum: float, strict: bool = False) -> Callable[[str], Any]:
-    """An argparse type: a number of ``kind`` at least (``strict``: above) ``minimum``."""
+    """An argparse type: a finite number of ``kind`` at least (``strict``: above) ``minimum`` (``inf`` would
+    pass the bound and overflow later)."""
     bound = f"> {minimum}" if strict else f">= {minimum}"
 
     def parse(text: str) -> Any:
@@ -118,7 +120,9 @@ def number(kind: type, minimum: float, strict: bool = False) -> Callable[[str], 
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not {'an integer' if kind is int else 'a number'}"
             ) from None
-        if not (value > minimum if strict else value >= minimum) or value != value:
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        if not (value > minimum if strict else value >= minimum):
             raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 

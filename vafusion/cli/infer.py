@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from vafusion.errors import OutputError, VafusionError
 from vafusion.inference.hooks import ProgressHook
 from vafusion.inference.predictor import PredictionWarning, Predictor
 from vafusion.inference.submit import check_submission, frame_counts, read_video_list, write_submission
-from vafusion.inference.writers import output_files, output_names, write_outputs
+from vafusion.inference.writers import output_files, output_names, refuse_inputs_as_outputs, write_outputs
 from vafusion.io.atomic import prepare_dir, prepare_file
 from vafusion.models.registry import model_names
 
@@ -173,7 +175,11 @@ def _plan(args: argparse.Namespace) -> dict[Path, dict[str, Path]]:
     plan = {v: output_files(names[v], args.out, args.overlay, not args.no_plot) for v in args.videos}
     renamed = [f"{v} -> {names[v]}" for v in args.videos if names[v] != Path(v).stem]
     if renamed:
-        print(f"note: inputs share a file name, so their outputs keep their folders: {'; '.join(renamed)}")
+        print(
+            "note: inputs share a file name, so their outputs keep their folders (or extensions): "
+            + "; ".join(renamed)
+        )
+    refuse_inputs_as_outputs(plan)
     existing = [f for files in plan.values() for f in files.values() if f.exists()]
     if existing and not args.overwrite:
         more = f" and {len(existing) - 1} more output files" if len(existing) > 1 else ""
@@ -210,6 +216,29 @@ def _predict_one(predictor: Predictor, video: Path, files: dict[str, Path], args
     )
 
 
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""Errors that every later video would hit too (a library writing on a full disk): they stop the batch."""
+
+
+def _failure(video: Path, exc: Exception, verbose: bool) -> str:
+    """Print one line on why ``video`` failed (after its traceback with ``--verbose``) and return it.
+
+    Called inside the ``except`` block, so ``--verbose`` can show where an unexpected error came from.
+    """
+    if verbose:
+        traceback.print_exc()
+    if isinstance(exc, VafusionError):
+        line = exc.one_line()
+    else:
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        line = (
+            f"{video}: failed with {type(exc).__name__}{f' ({detail})' if detail else ''}; "
+            "rerun with --verbose for details, and report it if the file plays elsewhere"
+        )
+    print(f"vafusion: error: {line}", file=sys.stderr)
+    return line
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """Predict every video; a video that fails is reported and the others go on (exit 2 if any failed)."""
     plan = _plan(args)
@@ -226,11 +255,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             _predict_one(predictor, video, plan[video], args)
         except OutputError:
             raise  # a full or read-only disk fails every later video too
-        except VafusionError as exc:
-            failed.append(exc.one_line())
-            if args.verbose:
+        except Exception as exc:  # one video's failure, expected or not, never costs the others
+            if isinstance(exc, OSError) and exc.errno in _DISK_ERRORS:
                 raise
-            print(f"vafusion: error: {exc.one_line()}", file=sys.stderr)
+            failed.append(_failure(video, exc, args.verbose))
     if failed and len(args.videos) > 1:
         print(f"{len(failed)} of {len(args.videos)} videos failed:", file=sys.stderr)
         for line in failed:
@@ -307,7 +335,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace output files left by an earlier run (without it, predict refuses before any work). "
         "Inputs that share a file name (a/clip.mp4, b/clip.mp4) never overwrite each other: their outputs "
-        "keep the folders that tell them apart (OUT/a/clip.csv, OUT/b/clip.csv)",
+        "keep the folders that tell them apart (OUT/a/clip.csv, OUT/b/clip.csv), or their extensions in one "
+        "folder (a/clip.mp4, a/clip.mkv -> OUT/clip.mp4.csv, OUT/clip.mkv.csv). An output that would replace "
+        "one of the inputs is refused",
     )
     p.add_argument(
         "--faces",

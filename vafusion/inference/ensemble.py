@@ -28,7 +28,8 @@ def smooth_series(values: np.ndarray, times: np.ndarray, sigma_s: float) -> np.n
     extra = (slice(None),) + (None,) * (values.ndim - 1)
     for d in range(-k, k + 1):
         lo, hi = max(0, -d), min(n, n - d)
-        w = np.exp(-0.5 * ((times[lo + d : hi + d] - times[lo:hi]) / sigma_s) ** 2)
+        with np.errstate(over="ignore"):  # a far neighbour of a tiny sigma weighs exp(-inf) = 0
+            w = np.exp(-0.5 * ((times[lo + d : hi + d] - times[lo:hi]) / sigma_s) ** 2)
         acc[lo:hi] += w[extra] * values[lo + d : hi + d]
         wsum[lo:hi] += w
     return (acc / wsum[extra]).astype(np.float32)

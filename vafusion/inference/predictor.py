@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -123,9 +124,11 @@ class Predictor:
     ) -> None:
         if not bundle.folds:
             raise WeightsError(None, "no models to predict with", "pass a run directory with trained models")
-        if smooth < 0:
+        if not 0 <= smooth < math.inf:
             raise VafusionError(
-                None, f"smoothing must be >= 0 seconds, got {smooth}", "pass --smooth 0 or more"
+                None,
+                f"smoothing must be a finite number >= 0 seconds, got {smooth}",
+                "pass --smooth 0 or more",
             )
         if detect_every < 1:
             raise VafusionError(
@@ -277,7 +280,7 @@ class Predictor:
             progress,
         )
         people = fp.rows({r: self.extractor(r) for r in self.roles_with("face")}, stride)
-        vf = VideoFeatures(path, info, fp.times, people, timings=fp.timings)
+        vf = VideoFeatures(path, info, fp.times, people, timings=fp.timings, warnings=fp.warnings)
         no_face = not any(p.face.any() for p in people) and bool(self.roles_with("face"))
         audio_pass(
             vf,

@@ -182,12 +182,14 @@ class CropEncoder:
 
 @dataclass
 class FacePass:
-    """What the face pass found: frame times, each person's boxes and the encoder's rows."""
+    """What the face pass found: frame times, each person's boxes, the encoder's rows and what to tell the
+    user about the video stream read."""
 
     times: np.ndarray
     boxes: dict[int, np.ndarray]  # person -> (T, 4), NaN without a face
     encoder: CropEncoder
     timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)
 
     def rows(self, roles: dict[str, Any], stride: int) -> list[FaceRows]:
         """Every person's :class:`FaceRows` (``roles``: face role -> its extractor), by person number; at
@@ -284,7 +286,7 @@ def face_pass(
         "align": align,
         "face_encode": encoder.seconds,
     }
-    return FacePass(times_np, boxes.arrays(), encoder, timings)
+    return FacePass(times_np, boxes.arrays(), encoder, timings, video_stream_warning(info))
 
 
 def audio_pass(
@@ -327,15 +329,35 @@ def audio_pass(
     if not roles:
         return
     total, rest = got.seconds, rest or NOTHING
-    if broken:
-        vf.warnings.append(f"{broken}; predicting from {rest}")
-    elif total is None or total == 0:
-        vf.warnings.append(f"{vf.path}: no audio track; predicting from {rest}")
-    elif n and vf.times[-1] > total + 0.5:
+    if broken or not total:
+        vf.warnings.append(f"{broken or f'{vf.path}: no audio track'}; predicting from {rest}")
+        return
+    if max(got.nonfinite, default=0):
         vf.warnings.append(
-            f"{vf.path}: audio ends at {total:.1f} s, video at {vf.times[-1]:.1f} s; "
+            f"{vf.path}: the audio of {max(got.nonfinite)} frames holds NaN or infinite samples (or gives "
+            f"such features); those frames are predicted from {rest}"
+        )
+    if n and got.lead > 0.5:
+        vf.warnings.append(
+            f"{vf.path}: audio starts {got.lead:.1f} s after the video; "
+            f"earlier frames are predicted from {rest}"
+        )
+    if n and vf.times[-1] > got.lead + total + 0.5:
+        vf.warnings.append(
+            f"{vf.path}: audio ends at {got.lead + total:.1f} s, video at {vf.times[-1]:.1f} s; "
             f"later frames are predicted from {rest}"
         )
+
+
+def video_stream_warning(info: VideoInfo) -> list[str]:
+    """The warning for a file with several video streams (cover art aside): which one is read, and how to
+    read another (there is no flag: FFmpeg copies the wanted one into a file of its own in seconds)."""
+    if len(info.video_streams) < 2:
+        return []
+    return [
+        f"{info.path}: {len(info.video_streams)} video streams ({'; '.join(info.video_streams)}); using "
+        f"stream 0; for another, copy it out first: ffmpeg -i IN -map 0:v:N -map 0:a? -c copy OUT.mkv"
+    ]
 
 
 NOTHING = "nothing: every value is the model's output without input, not a measurement"

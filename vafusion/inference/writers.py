@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.patches import Patch
 
-from vafusion.errors import VafusionError
+from vafusion.errors import OutputError, VafusionError
 from vafusion.inference.overlay import write_overlay
 from vafusion.inference.predictor import Prediction
 from vafusion.io.atomic import atomic_path
@@ -94,9 +95,10 @@ def write_plot(table: pd.DataFrame, path: str | Path, title: str = "", caption: 
 
 
 def output_names(videos: list[Path]) -> dict[Path, str]:
-    """Each video's output name under ``--out``: its stem, or, where several inputs share a stem, its path
-    relative to their common folder without the suffix (``a/clip``, ``b/clip``), so no result replaces
-    another. A video listed twice is an error."""
+    """Each video's output name under ``--out``: its stem; where several inputs share a stem, its path
+    relative to their common folder without the suffix (``a/clip``, ``b/clip``); where that still leaves
+    them one name (``a/clip.mp4``, ``a/clip.mkv``), with the suffix (``clip.mp4``, ``clip.mkv``). So no
+    result replaces another. A video listed twice is an error."""
     seen: dict[Path, Path] = {}
     for v in videos:
         key = Path(os.path.abspath(v))
@@ -104,16 +106,30 @@ def output_names(videos: list[Path]) -> dict[Path, str]:
             raise VafusionError(v, "is listed twice", "list each video once")
         seen[key] = v
     names = {v: Path(v).stem for v in videos}
-    by_stem: dict[str, list[Path]] = {}
-    for v in videos:
-        by_stem.setdefault(names[v], []).append(Path(os.path.abspath(v)))
-    for stem, paths in by_stem.items():
-        if len(paths) > 1:
-            common = Path(os.path.commonpath([p.parent for p in paths]))
-            for v in videos:
-                if Path(v).stem == stem:
-                    names[v] = Path(os.path.abspath(v)).relative_to(common).with_suffix("").as_posix()
+    for group in _shared(names):
+        common = Path(os.path.commonpath([os.path.abspath(v) for v in group]))
+        for v in group:
+            names[v] = Path(os.path.abspath(v)).relative_to(common).with_suffix("").as_posix()
+        for same in _shared({v: names[v] for v in group}):
+            for v in same:
+                names[v] = Path(os.path.abspath(v)).relative_to(common).as_posix()
+    clashes = _shared(names)
+    if clashes:
+        first, second = clashes[0][:2]
+        raise VafusionError(
+            second,
+            f"would write the same output files as {first} ({names[first]}.*)",
+            "rename one of them or predict them into different --out folders",
+        )
     return names
+
+
+def _shared(names: dict[Path, str]) -> list[list[Path]]:
+    """Groups of keys (in order) that map to the same name, for every name taken more than once."""
+    by_name: dict[str, list[Path]] = {}
+    for v, name in names.items():
+        by_name.setdefault(name, []).append(v)
+    return [group for group in by_name.values() if len(group) > 1]
 
 
 def output_files(name: str, out_dir: str | Path, overlay: bool = False, plot: bool = True) -> dict[str, Path]:
@@ -125,6 +141,30 @@ def output_files(name: str, out_dir: str | Path, overlay: bool = False, plot: bo
     if overlay:
         files["overlay"] = out_dir / f"{name}_overlay.mp4"
     return files
+
+
+def refuse_inputs_as_outputs(plan: dict[Path, dict[str, Path]]) -> None:
+    """An output file that is one of the inputs (``a.mp4`` and ``a_overlay.mp4`` with ``--out .``) would
+    destroy that input, even with ``--overwrite``: refuse before any work."""
+    inputs: dict[tuple[int, int], Path] = {}
+    for video in plan:
+        with contextlib.suppress(OSError):
+            st = video.stat()
+            inputs[(st.st_dev, st.st_ino)] = video
+    for video, files in plan.items():
+        for kind, path in files.items():
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            hit = inputs.get((st.st_dev, st.st_ino))
+            if hit is not None:
+                whose = f"its own {kind} output" if hit == video else f"the {kind} output of {video}"
+                raise OutputError(
+                    hit,
+                    f"is an input and would be replaced by {whose} ({path})",
+                    "choose another --out (outputs are named after the inputs)",
+                )
 
 
 def write_outputs(

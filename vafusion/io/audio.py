@@ -18,7 +18,7 @@ import av
 import numpy as np
 
 from vafusion.errors import MediaError
-from vafusion.io.video import _open
+from vafusion.io.video import _open, video_streams
 
 
 def encode_audio(
@@ -50,6 +50,8 @@ class AudioChunk:
     use it.
 
     ``total`` (s) is the length of the whole track, known only on the last chunk (``None`` before).
+    ``lead`` (s) is how long after the video's first frame the track's first sample is presented (negative:
+    before), from the streams' timestamps, so a frame at ``t`` s from the first frame hears ``t - lead``.
     """
 
     wave: np.ndarray
@@ -58,6 +60,7 @@ class AudioChunk:
     core_start: float
     core_end: float
     total: float | None
+    lead: float = 0.0
 
 
 def _decoded(
@@ -65,14 +68,15 @@ def _decoded(
     stream: av.audio.stream.AudioStream,
     resampler: av.AudioResampler,
     path: Path,
-) -> Iterator[np.ndarray]:
-    """Mono float32 sample blocks of ``stream`` in order; a stream broken after some samples just ends."""
+) -> Iterator[tuple[float | None, np.ndarray]]:
+    """Mono float32 sample blocks of ``stream`` in order, each with the presentation time (s) of the decoded
+    frame it came from (``None``: unknown); a stream broken after some samples just ends."""
     got = False
     try:
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
                 got = True
-                yield out.to_ndarray().reshape(-1)
+                yield frame.time, out.to_ndarray().reshape(-1)
     except av.error.FFmpegError as exc:
         if not got:
             raise MediaError(
@@ -82,7 +86,34 @@ def _decoded(
             ) from None
         return
     for out in resampler.resample(None):
-        yield out.to_ndarray().reshape(-1)
+        yield None, out.to_ndarray().reshape(-1)
+
+
+def _lead(container: av.container.InputContainer, first: float | None) -> float:
+    """Seconds from the first video frame to the audio's first sample at ``first`` s, as players align them
+    (by timestamps); 0 without a video stream or timestamps."""
+    videos = video_streams(container)
+    if first is None or not videos:
+        return 0.0
+    video = videos[0]  # the stream vafusion.io.video decodes
+    if video.start_time is None or video.time_base is None:
+        return 0.0
+    return float(first) - float(video.start_time * video.time_base)
+
+
+def _audio_stream(
+    container: av.container.InputContainer, stream: int, path: Path
+) -> av.audio.stream.AudioStream | None:
+    """Audio stream number ``stream``; ``None`` without audio, ``MediaError`` when there is no such stream."""
+    if not container.streams.audio:
+        return None
+    if not 0 <= stream < len(container.streams.audio):
+        raise MediaError(
+            path,
+            f"has {len(container.streams.audio)} audio streams, no stream {stream}",
+            f"pass --audio-stream 0..{len(container.streams.audio) - 1}",
+        )
+    return container.streams.audio[stream]
 
 
 def iter_audio_chunks(
@@ -97,24 +128,19 @@ def iter_audio_chunks(
     most ``chunk_s + 2 * margin_s`` seconds are held at a time. Chunk borders are whole seconds, so any
     resampling to 16 kHz and the 10 ms analysis grids of the front ends line up with a whole-file pass.
 
-    The last chunk's core runs to infinity and carries ``total``; an empty audio stream yields one empty
-    chunk with ``total = 0``. A stream that breaks mid-way ends at the last decodable sample, like
-    ``read_audio``; one that cannot be decoded at all raises the same ``MediaError`` as ``read_audio``.
+    Every chunk carries the track's ``lead`` over the video. The last chunk's core runs to infinity and
+    carries ``total``; an empty audio stream yields one empty chunk with ``total = 0``. A stream that breaks
+    mid-way ends at the last decodable sample, like ``read_audio``; one that cannot be decoded at all raises
+    the same ``MediaError`` as ``read_audio``.
     """
     if chunk_s < 1 or margin_s < 1 or int(chunk_s) != chunk_s or int(margin_s) != margin_s:
         raise ValueError(f"chunk_s and margin_s must be whole seconds >= 1, got {chunk_s} and {margin_s}")
     path = Path(path)
     container = _open(path)  # the one-line errors for a missing, empty or foreign file
     with container:
-        if not container.streams.audio:
+        audio = _audio_stream(container, stream, path)
+        if audio is None:
             return
-        if not 0 <= stream < len(container.streams.audio):
-            raise MediaError(
-                path,
-                f"has {len(container.streams.audio)} audio streams, no stream {stream}",
-                f"pass --audio-stream 0..{len(container.streams.audio) - 1}",
-            )
-        audio = container.streams.audio[stream]
         rate = int(audio.rate or audio.codec_context.sample_rate or 0)
         if rate <= 0:
             return
@@ -125,8 +151,10 @@ def iter_audio_chunks(
         pieces: list[np.ndarray] = []
         pending = 0
         core = 0
-
-        for samples in _decoded(container, audio, resampler, path):
+        lead: float | None = None
+        for t, samples in _decoded(container, audio, resampler, path):
+            if lead is None:
+                lead = _lead(container, t)
             pieces.append(samples)
             pending += samples.size
             if buf_start + buf.size + pending < core + size + margin:
@@ -136,7 +164,7 @@ def iter_audio_chunks(
             while buf_start + buf.size >= core + size + margin:
                 lo = max(0, core - margin)
                 seg = buf[lo - buf_start : core + size + margin - buf_start]
-                yield AudioChunk(seg, rate, lo / rate, core / rate, (core + size) / rate, None)
+                yield AudioChunk(seg, rate, lo / rate, core / rate, (core + size) / rate, None, lead)
                 core += size
                 drop = max(0, core - margin) - buf_start
                 buf = buf[drop:].copy()
@@ -144,7 +172,9 @@ def iter_audio_chunks(
         buf = np.concatenate([buf, *pieces]).astype(np.float32, copy=False)
         lo = max(0, core - margin)
         total = buf_start + buf.size
-        yield AudioChunk(buf[lo - buf_start :], rate, lo / rate, core / rate, math.inf, total / rate)
+        yield AudioChunk(
+            buf[lo - buf_start :], rate, lo / rate, core / rate, math.inf, total / rate, lead or 0.0
+        )
 
 
 def write_clip(

@@ -36,6 +36,8 @@ class VideoInfo:
     audio_channels: int | None
     audio_streams: tuple[str, ...] = field(default=(), compare=False)
     """One description per audio stream (``"0: aac, 2 ch, 48000 Hz, eng"``), in the container's order."""
+    video_streams: tuple[str, ...] = field(default=(), compare=False)
+    """One description per video stream but cover art (``"0: h264, 64x64"``); the first is the one read."""
     times: np.ndarray | None = field(default=None, compare=False, repr=False)
     """Presentation time (s from the first frame) of every frame, from its packet (if frames were counted)."""
 
@@ -68,12 +70,26 @@ def _open(path: Path) -> av.container.InputContainer:
         ) from None
 
 
+def video_streams(container: av.container.InputContainer) -> list[av.video.stream.VideoStream]:
+    """The container's video streams except attached pictures (cover art), in order; the first is decoded."""
+    streams = list(container.streams.video)
+    return [s for s in streams if not s.disposition & av.stream.Disposition.attached_pic] or streams
+
+
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
-    if not container.streams.video:
+    streams = video_streams(container)
+    if not streams:
         raise MediaError(
             path, "no video stream (audio-only or not a video)", "pass a file with a video track"
         )
-    return container.streams.video[0]
+    return streams[0]
+
+
+def describe_video(index: int, stream: av.video.stream.VideoStream) -> str:
+    """``"1: h264, 512x512, 75 frames"`` (frames where the container lists them)."""
+    ctx = stream.codec_context
+    frames = f", {stream.frames} frames" if stream.frames else ""
+    return f"{index}: {ctx.name}, {ctx.width}x{ctx.height}{frames}"
 
 
 def _stream_fps(stream: av.video.stream.VideoStream) -> float:
@@ -93,43 +109,54 @@ def _rotation(stream: av.video.stream.VideoStream, container: av.container.Input
     return 0
 
 
-def _count_frames(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path, listed: int
-) -> tuple[int, np.ndarray | None]:
-    """Frames of ``stream`` counted from its packets, and their presentation times (s from the first).
+def _count_frames(path: Path, stream_index: int, listed: int) -> tuple[int, np.ndarray | None]:
+    """Frames of the stream numbered ``stream_index`` in the file, counted from its packets, and their
+    presentation times (s from the first).
 
-    A truncated MP4/MOV (fewer packets than its index lists) is an error; the container is rewound.
+    The file is opened afresh rather than rewound: raw H.264, FLV and some Matroska files cannot seek back.
+    A truncated MP4/MOV (fewer packets than its index lists) is an error.
     """
-    n_frames = present = 0
     pts: list[int] = []
-    try:
-        for packet in container.demux(stream):
-            if packet.size or packet.dts is not None:  # not the end-of-stream flush packet
-                present += 1  # AVI keeps empty packets for dropped frames in its frame count
-            if packet.size:
-                n_frames += 1
-                if packet.pts is not None:
-                    pts.append(packet.pts)
-    except av.error.FFmpegError as exc:
-        raise MediaError(
-            path,
-            f"stream is corrupt ({exc})",
-            "the file is probably truncated; re-copy it or re-encode with ffmpeg",
-        ) from None
-    # only MP4/MOV indexes list every frame exactly (an AVI header may count a few more)
-    exact_index = "mov" in container.format.name.split(",")
+    container = _open(path)
+    with container:
+        stream = container.streams[stream_index]
+        try:
+            n_frames, present = _demux_count(container, stream, pts)
+        except av.error.FFmpegError as exc:
+            raise MediaError(
+                path,
+                f"stream is corrupt ({exc})",
+                "the file is probably truncated; re-copy it or re-encode with ffmpeg",
+            ) from None
+        # only MP4/MOV indexes list every frame exactly (an AVI header may count a few more)
+        exact_index = "mov" in container.format.name.split(",")
+        time_base = stream.time_base
     if exact_index and 0 < present < listed:
         raise MediaError(
             path,
             f"truncated: its index lists {listed} video frames but only {present} are in the file",
             "re-copy or re-download the complete file",
         )
-    container.seek(0)
     times = None
-    if pts and len(pts) == n_frames and stream.time_base is not None:
+    if pts and len(pts) == n_frames and time_base is not None:
         ticks = np.sort(np.asarray(pts, np.int64))
-        times = (ticks - ticks[0]).astype(np.float64) * float(stream.time_base)
+        times = (ticks - ticks[0]).astype(np.float64) * float(time_base)
     return n_frames, times
+
+
+def _demux_count(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, pts: list[int]
+) -> tuple[int, int]:
+    """(frames with data, packets present) of ``stream``; appends each frame's pts to ``pts``."""
+    n_frames = present = 0
+    for packet in container.demux(stream):
+        if packet.size or packet.dts is not None:  # not the end-of-stream flush packet
+            present += 1  # AVI keeps empty packets for dropped frames in its frame count
+        if packet.size:
+            n_frames += 1
+            if packet.pts is not None:
+                pts.append(packet.pts)
+    return n_frames, present
 
 
 def describe_audio(index: int, stream: av.audio.stream.AudioStream) -> str:
@@ -160,11 +187,12 @@ def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
         n_frames = listed
         times = None
         if count_frames or n_frames <= 0:
-            n_frames, times = _count_frames(container, stream, path, listed)
+            n_frames, times = _count_frames(path, stream.index, listed)
         if fps <= 0 and duration > 0:
             fps = n_frames / duration
         audio = container.streams.audio[0] if container.streams.audio else None
         audio_streams = tuple(describe_audio(k, a) for k, a in enumerate(container.streams.audio))
+        videos = tuple(describe_video(k, v) for k, v in enumerate(video_streams(container)))
         rotation = _rotation(stream, container)
     if rotation in (90, 270):
         width, height = height, width
@@ -182,6 +210,7 @@ def probe(path: str | Path, count_frames: bool = False) -> VideoInfo:
         audio_rate=int(audio.rate) if audio is not None else None,
         audio_channels=int(audio.channels) if audio is not None else None,
         audio_streams=audio_streams,
+        video_streams=videos,
         times=times,
     )
 
