@@ -134,3 +134,17 @@ def test_row_times_follow_real_timestamps_only_for_variable_frame_rate(n, fps, e
     assert t.shape == (rows,) and np.array_equal(t[:k], vfr[:k]) and (np.diff(t) > 0).all()
     if rows > n:  # past the last frame: on at the average rate
         assert t[n:] == pytest.approx(vfr[-1] + np.arange(1, rows - n + 1) / fps)
+
+
+def test_times_of_recordings_joined_byte_wise_keep_increasing(tmp_path):
+    """`cat a.ts b.ts`: the second recording's clock starts again at 0; its frames continue after the first
+    one's instead of running back (which also made the frame rate look halved)."""
+    a = write_video(tmp_path / "a.ts", 20, fps=25, audio=False)
+    b = write_video(tmp_path / "b.ts", 15, fps=25, audio=False)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    times = np.array([f.time for f in iter_frames(joined)])
+    assert len(times) == 35
+    assert np.all(np.diff(times) > 0)
+    assert np.allclose(times, np.arange(35) / 25, atol=1e-3)
+    assert np.allclose([f.time for f in iter_frames(a)], np.arange(20) / 25, atol=1e-6)  # one clock: as read

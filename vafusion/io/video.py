@@ -5,6 +5,7 @@ Everything reads streams incrementally, so memory does not grow with video lengt
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -224,7 +225,9 @@ def _rotate(image: np.ndarray, rotation: int) -> np.ndarray:
 def iter_frames(path: str | Path, start_time: float | None = None) -> Iterator[Frame]:
     """Yield every frame as RGB with its presentation time (seconds from the first frame).
 
-    Times come from the stream's timestamps, so variable-frame-rate video keeps its real timing.
+    Times come from the stream's timestamps, so variable-frame-rate video keeps its real timing. Where
+    they stop increasing (recordings joined byte-wise, whose clock restarts) the times go on from the last
+    one by the last frame interval, as the decoded audio goes on, so they never run backwards.
     A stream that breaks mid-way raises ``MediaError`` after the frames decoded so far.
     """
     path = Path(path)
@@ -233,19 +236,25 @@ def iter_frames(path: str | Path, start_time: float | None = None) -> Iterator[F
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         t0: float | None = start_time
-        index = 0
+        index, shift, last = 0, 0.0, -math.inf
+        fps = _stream_fps(stream) or 30.0
+        step = 1.0 / fps
         try:
             for frame in container.decode(stream):
                 t = frame.time
                 if t is None:
-                    fps = _stream_fps(stream) or 30.0
                     t = index / fps + (t0 or 0.0)
                 if t0 is None:
                     t0 = t
+                if t + shift <= last:  # the clock restarted: continue from the last frame
+                    shift = last + step - t
+                elif index:
+                    step = t + shift - last
+                last = t + shift
                 image = _rotate(
                     frame.to_ndarray(format="rgb24"), int(round(getattr(frame, "rotation", 0) or 0))
                 )
-                yield Frame(index=index, time=float(t - t0), image=image)
+                yield Frame(index=index, time=float(last - t0), image=image)
                 index += 1
         except av.error.FFmpegError as exc:
             raise MediaError(
