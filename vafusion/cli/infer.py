@@ -198,7 +198,7 @@ def _predict_one(predictor: Predictor, video: Path, files: dict[str, Path], args
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PredictionWarning)  # printed below, once each
         prediction = predictor.predict_file(video, faces=args.faces)
-        write_outputs(prediction, files, progress=not args.quiet)
+        write_outputs(prediction, files, progress=not args.quiet, audio_stream=predictor.audio_stream)
     for message in prediction.warnings:
         print(f"vafusion: warning: {message}", file=sys.stderr)
     table, vf = prediction.table, prediction.features

@@ -4,8 +4,10 @@ With ``--faces all`` every person's box carries their number and live valence/ar
 the trace shows each person's valence (thick) and arousal (thin), and the VA plane one numbered dot each.
 
 H.264 video with the source's timestamps (variable frame rate kept, rotation applied to the pixels); the
-audio is copied when MP4 can hold its codec and re-encoded to AAC otherwise. Streams frame by frame and
-is written atomically.
+audio stream the prediction used is copied when MP4 can hold its codec and re-encoded to AAC otherwise.
+The frames count from the first one, so the audio moves with them: it keeps its offset from the video as
+the streams' timestamps give it (as players and the prediction align them), and what would play before
+the first frame is dropped. Streams frame by frame and is written atomically.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tqdm import tqdm
 from vafusion.errors import MediaError
 from vafusion.inference.predictor import Prediction
 from vafusion.io.atomic import atomic_path
-from vafusion.io.video import iter_frames
+from vafusion.io.video import iter_frames, video_streams
 
 MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"}
 """Audio codecs MP4 holds as they are (copied without re-encoding)."""
@@ -185,28 +187,54 @@ def draw_overlay(
 
 
 class _AudioCopy:
-    """The source's first audio stream into the output: packets copied, or decoded and re-encoded to AAC."""
+    """Audio stream ``index`` of the source into the output (none where there is no such stream): packets
+    copied, or decoded and re-encoded to AAC, moved by minus the video's start time as the frames are."""
 
-    def __init__(self, src: Path, out: av.container.OutputContainer) -> None:
+    def __init__(self, src: Path, out: av.container.OutputContainer, index: int = 0) -> None:
         self.out = out
         self.input = av.open(str(src), metadata_errors="ignore")
-        stream = self.input.streams.audio[0] if self.input.streams.audio else None
+        audio = self.input.streams.audio
+        stream = audio[index] if 0 <= index < len(audio) else None
+        video = video_streams(self.input)[:1]
+        known = video and video[0].start_time is not None and video[0].time_base is not None
+        self.start = Fraction(video[0].start_time) * video[0].time_base if known else Fraction(0)
         self.packets: Iterator[av.Packet] | None = None
         self.pending: av.Packet | None = None
         if stream is not None and stream.codec_context.name in MP4_AUDIO:
             self.stream = out.add_stream_from_template(stream)
-            self.packets = (p for p in self.input.demux(stream) if p.dts is not None)
+            self.packets = self._copy(stream)
         elif stream is not None:
             self.stream = out.add_stream(
                 "aac", rate=48000, layout="stereo" if stream.channels > 1 else "mono"
             )
             self.packets = self._reencode(stream)
 
+    def _copy(self, stream: av.audio.stream.AudioStream) -> Iterator[av.Packet]:
+        """The stream's packets, moved; those that end before the first frame are dropped (one that ends
+        on it, such as AAC's priming packet, stays)."""
+        for p in self.input.demux(stream):
+            if p.dts is None:
+                continue
+            if self.start and p.time_base is not None:
+                ticks = round(self.start / p.time_base)
+                p.dts -= ticks
+                if p.pts is not None:
+                    p.pts -= ticks
+            at = p.pts if p.pts is not None else p.dts
+            if at + (p.duration or 0) >= 0:
+                yield p
+
     def _reencode(self, stream: av.audio.stream.AudioStream) -> Iterator[av.Packet]:
+        """The stream decoded, moved and encoded to AAC; frames that end before the first frame are dropped
+        (one that straddles it stays: MP4 plays from the first frame)."""
         resampler = av.AudioResampler(format="fltp", layout=self.stream.layout.name, rate=48000)
         try:
             for frame in self.input.decode(stream):
                 for r in resampler.resample(frame):
+                    if r.pts is not None and r.time_base is not None:
+                        r.pts -= round(self.start / r.time_base)
+                        if r.pts * r.time_base + Fraction(r.samples, r.sample_rate) <= 0:
+                            continue
                     yield from self.stream.encode(r)
         except av.error.FFmpegError:
             pass
@@ -237,8 +265,11 @@ class _AudioCopy:
         self.input.close()
 
 
-def write_overlay(src: str | Path, prediction: Prediction, dst: str | Path, progress: bool = False) -> Path:
-    """Write the overlay video of ``prediction`` (made from ``src``) to ``dst``; see the module docstring."""
+def write_overlay(
+    src: str | Path, prediction: Prediction, dst: str | Path, progress: bool = False, audio_stream: int = 0
+) -> Path:
+    """Write the overlay video of ``prediction`` (made from ``src`` with audio stream ``audio_stream``) to
+    ``dst``; see the module docstring."""
     src, dst = Path(src), Path(dst)
     people = shown_people(prediction)
     vf = prediction.features
@@ -253,7 +284,7 @@ def write_overlay(src: str | Path, prediction: Prediction, dst: str | Path, prog
         vs.width, vs.height, vs.pix_fmt = pw, ph, "yuv420p"
         vs.time_base = vs.codec_context.time_base = TIME_BASE
         vs.options = {"crf": "20", "preset": "veryfast"}
-        audio = _AudioCopy(src, out)
+        audio = _AudioCopy(src, out, audio_stream)
         try:
             last_pts = -1
             for frame in tqdm(

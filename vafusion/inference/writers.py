@@ -168,9 +168,14 @@ def refuse_inputs_as_outputs(plan: dict[Path, dict[str, Path]]) -> None:
 
 
 def write_outputs(
-    prediction: Prediction, files: dict[str, Path], title: str = "", progress: bool = False
+    prediction: Prediction,
+    files: dict[str, Path],
+    title: str = "",
+    progress: bool = False,
+    audio_stream: int = 0,
 ) -> None:
-    """Write the ``csv``, ``png`` and ``overlay`` files of ``files`` (see :func:`output_files`)."""
+    """Write the ``csv``, ``png`` and ``overlay`` files of ``files`` (see :func:`output_files`); the overlay
+    carries audio stream ``audio_stream``, the one the prediction heard (``Predictor.audio_stream``)."""
     write_csv(prediction.table, files["csv"])
     if "png" in files:
         write_plot(
@@ -180,4 +185,10 @@ def write_outputs(
             caption=prediction.caption,
         )
     if "overlay" in files:
-        write_overlay(prediction.features.path, prediction, files["overlay"], progress=progress)
+        write_overlay(
+            prediction.features.path,
+            prediction,
+            files["overlay"],
+            progress=progress,
+            audio_stream=audio_stream,
+        )
