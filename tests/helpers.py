@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -16,6 +17,31 @@ from vafusion.io.audio import encode_audio, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_VIDEOS = REPO.parent / "shared" / "testdata" / "videos"
+TINY_NET = [
+    "train.accelerator=cpu",
+    "model.tcn_channels=8",
+    "model.attn_dim=8",
+    "model.head_hidden=8",
+    "model.dilations=[1,2]",
+    "train.window=40",
+    "train.hop=20",
+]
+"""``--set`` values of a tiny network on 40-frame windows: training in seconds on CPU."""
+
+
+def write_timed_frames(out: av.container.OutputContainer, n: int, start_s: float = 0.0) -> None:
+    """``n`` 64x48 H.264 frames at 25 fps (no B-frames) into ``out``, the first at ``start_s`` s; frame i
+    shows brightness 5 * i."""
+    vs = out.add_stream("libx264", rate=25, options={"bf": "0"})
+    vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+    vs.time_base = Fraction(1, 1000)
+    for i in range(n):
+        frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 5 * i, np.uint8), format="rgb24")
+        frame.pts, frame.time_base = round(1000 * start_s) + 40 * i, Fraction(1, 1000)
+        for packet in vs.encode(frame):
+            out.mux(packet)
+    for packet in vs.encode():
+        out.mux(packet)
 
 
 def write_video(

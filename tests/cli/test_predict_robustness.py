@@ -8,7 +8,6 @@ import contextlib
 import io
 import shutil
 import warnings
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import write_video
+from tests.helpers import write_timed_frames, write_video
 from vafusion.cli import main
 from vafusion.errors import MediaError
 from vafusion.features.audio_stream import stream_audio_features
@@ -80,17 +79,8 @@ def write_offset_clip(path: Path, video_start: float, audio_start: float, silent
     wave = (0.3 * np.sin(2 * np.pi * 220 * np.arange(3 * rate) / rate)).astype(np.float32)
     wave[: int(silent_s * rate)] = 0.0
     with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=25, options={"bf": "0"})
-        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-        vs.time_base = Fraction(1, 1000)
         aus = out.add_stream("aac", rate=rate, layout="mono")
-        for i in range(50):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 5 * i, np.uint8), format="rgb24")
-            frame.pts, frame.time_base = round(1000 * video_start) + 40 * i, Fraction(1, 1000)
-            for p in vs.encode(frame):
-                out.mux(p)
-        for p in vs.encode():
-            out.mux(p)
+        write_timed_frames(out, 50, video_start)
         for p in encode_audio(aus, wave, rate, start=round(audio_start * rate)):
             out.mux(p)
     return path

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers import write_timed_frames
 from vafusion.cli import main
 from vafusion.inference.overlay import write_overlay
 from vafusion.inference.predictor import Prediction
@@ -40,20 +40,11 @@ class Track:
 def write_source(path: Path, tracks: list[Track], video_start: float = 0.0, seconds: float = 2.0) -> Path:
     """25 fps frames from ``video_start`` s for ``seconds`` s beside ``tracks`` (``seconds + 1`` s each)."""
     with av.open(str(path), "w") as out:
-        vs = out.add_stream("libx264", rate=25, options={"bf": "0"})
-        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
-        vs.time_base = Fraction(1, 1000)
         streams = [
             out.add_stream(t.codec, rate=t.rate, layout="stereo" if t.channels == 2 else "mono")
             for t in tracks
         ]
-        for i in range(int(25 * seconds)):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 5 * i, np.uint8), format="rgb24")
-            frame.pts, frame.time_base = round(1000 * video_start) + 40 * i, Fraction(1, 1000)
-            for p in vs.encode(frame):
-                out.mux(p)
-        for p in vs.encode():
-            out.mux(p)
+        write_timed_frames(out, int(25 * seconds), video_start)
         for track, stream in zip(tracks, streams, strict=True):
             t = np.arange(int((seconds + 1) * track.rate)) / track.rate
             wave = np.where(t >= track.silent, 0.3 * np.sin(2 * np.pi * track.tone * t), 0.0)

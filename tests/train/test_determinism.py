@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import write_linear_feature_corpus
+from tests.helpers import TINY_NET, write_linear_feature_corpus
 from vafusion.cli import main
 from vafusion.config import load_config
 from vafusion.data.affwild2 import scan
@@ -22,13 +22,7 @@ from vafusion.train.cv import CrossValidation
 
 ANN = "annotations/VA_Estimation_Challenge"
 TINY = [
-    "train.accelerator=cpu",
-    "model.tcn_channels=8",
-    "model.attn_dim=8",
-    "model.head_hidden=8",
-    "model.dilations=[1,2]",
-    "train.window=40",
-    "train.hop=20",
+    *TINY_NET,
     "cv.eval_window=40",
     "cv.eval_hop=20",
     "train.max_epochs=2",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import write_linear_feature_corpus
+from tests.helpers import TINY_NET, write_linear_feature_corpus
 from vafusion.config import load_config
 from vafusion.data.affwild2 import scan
 from vafusion.data.sequence import load_sequence
@@ -21,13 +21,7 @@ EPOCHS = 5
 # plateau_patience 0: the learning rate falls after every epoch that does not beat the best, so a step the
 # scheduler missed (or took twice) on resume changes the weights of every later epoch
 TINY = [
-    "train.accelerator=cpu",
-    "model.tcn_channels=8",
-    "model.attn_dim=8",
-    "model.head_hidden=8",
-    "model.dilations=[1,2]",
-    "train.window=40",
-    "train.hop=20",
+    *TINY_NET,
     f"train.patience={EPOCHS}",
     "train.plateau_patience=0",
     "train.plateau_factor=0.3",
