@@ -33,8 +33,22 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
 CMD = [sys.executable, "-m", "vafusion.cli"]
 
 
+def _default_sigint() -> None:
+    """In the child before it starts: Ctrl-C as in a terminal. A test run started in the background by a
+    non-interactive shell (``cmd &``) ignores SIGINT, the children would inherit that, and Python then
+    never turns SIGINT into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(CMD + args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        CMD + args,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
+    )
 
 
 def _finish(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
