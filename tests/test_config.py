@@ -60,3 +60,10 @@ def test_models_named_twice_are_refused() -> None:
     with pytest.raises(VafusionError, match="--models 'vggish,vggish' names a model twice"):
         parse_models("vggish,vggish", load_config())
     assert parse_models("vggish,visual", load_config()) == ["vggish", "visual"]
+
+
+def test_a_config_file_yaml_cannot_parse_names_its_line(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  max_epochs: [\n")
+    with pytest.raises(VafusionError, match=r"bad.yaml: is not valid YAML at line 3, column 1 .*fix the"):
+        load_config(bad)

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -190,7 +191,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         if path is not None:
             path = config_file(path)
-            base = OmegaConf.merge(base, OmegaConf.load(path))
+            base = OmegaConf.merge(base, _load_yaml(path))
         if overrides:
             base = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as exc:
@@ -203,6 +204,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = OmegaConf.to_object(base)
     check(cfg)
     return cfg
+
+
+def _load_yaml(path: Path) -> Any:
+    """The YAML file ``path``; a file YAML cannot parse names its line and column."""
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise VafusionError(path, f"is not valid YAML{where} ({problem})", "fix the file's syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise VafusionError(path, f"cannot be read ({exc.__class__.__name__})", "check the file") from None
 
 
 def to_yaml(cfg: Config) -> str:

@@ -259,6 +259,32 @@ def test_bad_requests_are_one_line(run: Path, tmp_path: Path, capsys) -> None:
         load_onnx(tmp_path / "x.onnx")
 
 
+def test_unknown_models_and_folds_get_the_export_flags_in_the_fix(run: Path, tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "o")
+    assert main(["export", "--model", str(run), "--out", out, "--models", "audio", "--no-frontends"]) == 2
+    assert main(["export", "--model", str(run), "--out", out, "--folds", "7", "--no-frontends"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "unknown model 'audio'; --models takes a comma list of fusion" in err[0]
+    assert "no fusion model for fold 7; choose among folds 0, 1 (predict --fold, export --folds)" in err[1]
+
+
+def test_an_earlier_export_is_refused_or_replaced_whole(run: Path, tmp_path: Path, capsys) -> None:
+    """A second export into the same folder would leave the first one's graphs beside an export.json that
+    no longer lists them: refused, and with --overwrite the earlier export's files go first."""
+    out = tmp_path / "o"
+    common = ["export", "--model", str(run), "--out", str(out), "--no-frontends", "--quiet"]
+    assert main(common) == 0
+    assert sorted(p.name for p in (out / "fusion").glob("*.onnx")) == ["fold0.onnx", "fold1.onnx"]
+    (out / "notes.txt").write_text("mine")
+    assert main([*common, "--folds", "0"]) == 2
+    assert "export.json: exists (an earlier export); pass --overwrite" in capsys.readouterr().err
+    assert main([*common, "--folds", "0", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "fusion").iterdir()) == ["fold0.json", "fold0.onnx"]
+    summary = json.loads((out / "export.json").read_text())
+    assert [m["fold"] for m in summary["models"]] == [0]
+    assert (out / "notes.txt").read_text() == "mine"  # only the earlier export's own files are removed
+
+
 def test_predict_backend_onnx_matches_torch(run: Path, tmp_path: Path, capsys) -> None:
     """`vafusion predict --backend onnx` exports the fold graphs into RUN/onnx on first use and writes the
     same per-frame values as the PyTorch backend (the corpus's features, smoothing, averaging are shared)."""

@@ -32,6 +32,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         with_frontends=not args.no_frontends,
         weights=weights,
         progress=not args.quiet,
+        overwrite=args.overwrite,
     )
     for m in summary["models"]:
         print(f"{m['model']} fold {m['fold']}: {m['onnx']} (max |onnx - torch| {m['max_abs_diff']:.2g})")
@@ -84,6 +85,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="largest |ONNX Runtime - PyTorch| accepted (default 1e-4; front ends: times max(1, |output|))",
     )
     p.add_argument("--no-frontends", action="store_true", help="export only the fusion/single-stream models")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier export in OUT (its export.json and the files it lists); without it, export "
+        "refuses an OUT that holds one",
+    )
     add_weights(p)
     add_output(p, "output")
     p.set_defaults(func=cmd_export)

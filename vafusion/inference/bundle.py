@@ -80,8 +80,8 @@ def find_checkpoints(
             raise WeightsError(
                 folder / f"fold{folds[0]}.pt",
                 f"no {which} model for fold {', '.join(map(str, folds))}",
-                f"choose one of folds {', '.join(str(k) for k, _ in found)}, or leave --fold out "
-                "to average them all",
+                f"choose among folds {', '.join(str(k) for k, _ in found)} (predict --fold, export --folds), "
+                "or leave the option out to use them all",
             )
         found = chosen
     return [(folder.name, k, p) for k, p in found]
@@ -95,7 +95,7 @@ def _no_models(run: Path, folder: Path, which: str) -> None:
         raise WeightsError(
             folder,
             f"the run has no {which} models (it has: {', '.join(present)})",
-            f"pass --which {present[0]}, or train {which} with `vafusion cv --models {which}`",
+            f"use {present[0]} (predict --which, export --models) or train: vafusion cv --models {which}",
         )
     raise WeightsError(
         run,

@@ -11,6 +11,7 @@ Layout written by :func:`export_run`::
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vafusion.errors import VafusionError
+from vafusion.errors import OutputError, VafusionError
 from vafusion.features.extractors import FeaturesConfig, build_extractor
 from vafusion.features.face_int8 import OFF
 from vafusion.inference.bundle import find_checkpoints, run_config
@@ -33,6 +34,7 @@ from vafusion.inference.onnx_net import (
 )
 from vafusion.io.atomic import write_json
 from vafusion.io.onnx import session
+from vafusion.models.registry import model_names
 from vafusion.weights import load_checkpoint
 
 
@@ -178,8 +180,12 @@ def export_run(
     with_frontends: bool = True,
     weights: dict[str, str | None] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Export the fold models of ``model`` (and the front ends) into ``out``; write ``out/export.json``.
+
+    An earlier export in ``out`` is refused unless ``overwrite``; then its files are removed first, so the
+    folder holds exactly what the new ``export.json`` lists.
 
     ``model`` is a run directory (``models`` picks which of its models, default fusion), a
     ``RUN/models/<model>`` folder or one ``fold<k>.pt``; ``weights`` (``features`` keys such as
@@ -187,7 +193,14 @@ def export_run(
     """
     model, out = Path(model), Path(out)
     check_opset(opset)
+    known = model_names(trainable=True)
+    for which in models or []:
+        if which not in known:
+            raise VafusionError(
+                None, f"unknown model {which!r}", f"--models takes a comma list of {', '.join(known)}"
+            )
     jobs = [job for which in (models or ["fusion"]) for job in find_checkpoints(model, which, folds)]
+    clear_earlier_export(out, overwrite)
     t0 = time.perf_counter()
     summary: dict = {"source": str(model), "opset": opset, "atol": atol, "models": []}
     for name, fold, ckpt in tqdm(jobs, desc="export", unit="model", disable=not progress, dynamic_ncols=True):
@@ -203,3 +216,32 @@ def export_run(
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     write_json(out / "export.json", summary)
     return summary
+
+
+def clear_earlier_export(out: Path, overwrite: bool) -> None:
+    """Refuse an ``out`` that holds an earlier export (its ``export.json``), or with ``overwrite`` remove the
+    files that export listed (and nothing else)."""
+    summary_path = out / "export.json"
+    if not summary_path.is_file():
+        return
+    if not overwrite:
+        raise OutputError(
+            summary_path,
+            "exists (an earlier export)",
+            "pass --overwrite to replace that export, or choose another --out",
+        )
+    try:
+        earlier = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    files = []  # rebuilt from the layout under ``out``: the recorded paths may be relative to another cwd
+    for m in earlier.get("models", []):
+        graph = out / str(m.get("model")) / f"fold{m.get('fold')}.onnx"
+        files += [graph, graph.with_suffix(".json")]
+    exported = earlier.get("frontends", {}).get("exported", {})
+    files += [out / "frontends" / f"{name}.onnx" for name in exported]
+    files += [out / "frontends" / "frontends.json"] if exported else []
+    for path in files:
+        if path.resolve().is_relative_to(out.resolve()):
+            path.unlink(missing_ok=True)
+    summary_path.unlink()

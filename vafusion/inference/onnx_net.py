@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from vafusion.errors import VafusionError
+from vafusion.errors import OutputError, VafusionError
 from vafusion.io.atomic import atomic_path, write_json
 from vafusion.io.onnx import session
 from vafusion.models.checkpoint import Checkpoint
@@ -244,6 +244,21 @@ def onnx_runner(
     if not current:
         export_checkpoint(checkpoint, onnx_path, atol=atol)
     return OnnxNet(onnx_path, threads)
+
+
+def onnx_in_run(run: Path, which: str, fold: int, checkpoint: Path, threads: int = 0) -> OnnxNet:
+    """:func:`onnx_runner` with the graph cached in ``RUN/onnx/<which>/fold<k>.onnx`` (``--backend onnx``);
+    a run folder that cannot be written says how to get the graphs there once."""
+    cache = run / "onnx"
+    try:
+        return onnx_runner(checkpoint, cache / which / f"fold{fold}.onnx", threads)
+    except OutputError as exc:
+        raise OutputError(
+            exc.path,
+            f"{exc.problem} (--backend onnx keeps its graphs in {cache})",
+            f"copy the run folder somewhere writable, or run `vafusion export --model {run} --out {cache}` "
+            "once where it can write, or use --backend torch",
+        ) from None
 
 
 class OnnxNet:

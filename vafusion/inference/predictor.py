@@ -38,7 +38,7 @@ from vafusion.face.track import FaceTrack, Subject
 from vafusion.features.extractors import FeaturesConfig, configured_extractor
 from vafusion.inference.bundle import RunBundle, feature_mismatches
 from vafusion.inference.ensemble import ensemble
-from vafusion.inference.onnx_net import onnx_runner
+from vafusion.inference.onnx_net import onnx_in_run
 from vafusion.inference.tables import Faces, person_table, prediction_table
 from vafusion.inference.video import Follower, OneFace, VideoFeatures, audio_pass, face_pass, no_face_warning
 from vafusion.io.video import probe
@@ -193,8 +193,7 @@ class Predictor:
             if not bundle.trained:
                 raise VafusionError(None, f"{run} has no checkpoint to export", "use --backend torch")
             for m in bundle.folds:
-                cached = Path(run) / "onnx" / which / f"fold{m.fold}.onnx"
-                m.net = onnx_runner(m.path, cached, predictor.fuse_threads or 0)
+                m.net = onnx_in_run(Path(run), which, m.fold, m.path, predictor.fuse_threads or 0)
         return predictor
 
     @property
