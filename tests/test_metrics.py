@@ -187,3 +187,12 @@ def test_streaming_metric_and_loss_equal_the_batch_formula_for_any_split_and_mas
     assert metric.compute().numpy() == pytest.approx(ref, abs=1e-9)
     loss = ccc_loss(torch.tensor(x), torch.tensor(y), torch.tensor(mask)).item()
     assert loss == pytest.approx(1 - np.mean(ref), abs=1e-6)
+
+
+def test_ccc_refuses_two_dimensions_instead_of_flattening_them():
+    """(N, 2) valence/arousal flattened would mix the two dimensions into one meaningless number."""
+    rng = np.random.default_rng(0)
+    va = rng.uniform(-1, 1, (50, 2))
+    with pytest.raises(ValueError, match=r"takes one series, got shape \(50, 2\); score each column"):
+        ccc(va, va)
+    assert ccc(va[:, :1], va[:, :1]) == pytest.approx(1.0)  # one column is one series

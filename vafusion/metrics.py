@@ -12,11 +12,17 @@ from torchmetrics import Metric
 
 
 def ccc(pred: np.ndarray, target: np.ndarray) -> float:
-    """CCC of two 1-D arrays in float64; 0.0 when undefined (both constant and equal-mean is 1.0)."""
-    x = np.asarray(pred, np.float64).ravel()
-    y = np.asarray(target, np.float64).ravel()
+    """CCC of two 1-D series in float64 (a ``(N, 1)`` column counts as one); 0.0 when it is undefined, 1.0
+    for two equal constants. ``(N, 2)`` valence/arousal arrays are refused rather than flattened into one
+    number: score each column."""
+    x, y = np.asarray(pred, np.float64), np.asarray(target, np.float64)
     if x.shape != y.shape:
         raise ValueError(f"ccc: shapes differ {x.shape} vs {y.shape}")
+    if x.ndim > 1 and sum(d > 1 for d in x.shape) > 1:
+        raise ValueError(
+            f"ccc: takes one series, got shape {x.shape}; score each column: ccc(pred[:, 0], target[:, 0])"
+        )
+    x, y = x.ravel(), y.ravel()
     if x.size == 0:
         return float("nan")
     mx, my = x.mean(), y.mean()
