@@ -147,6 +147,9 @@ def _corrupt(lines: list[str], how: str) -> list[str]:
     if how == "range":
         name = lines[2].split(",")[0]
         return lines[:2] + [f"{name},1.5,0.0"] + lines[3:]
+    if how == "nan":
+        name = lines[2].split(",")[0]
+        return lines[:2] + [f"{name},nan,0.0"] + lines[3:]
     if how == "unknown":
         return lines + ["stranger/00001.jpg,0.1,0.1"]
     if how == "text":
@@ -162,6 +165,7 @@ def _corrupt(lines: list[str], how: str) -> list[str]:
         ("missing", "miss frames"),
         ("repeated", "repeated frames"),
         ("range", "outside [-1, 1]"),
+        ("nan", "line 3 has a NaN or infinite value"),
         ("unknown", "not in the list"),
         ("text", "non-numeric"),
     ],

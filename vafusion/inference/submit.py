@@ -282,7 +282,9 @@ def _row_problems(lineno: int, line: str, seen: dict[str, np.ndarray], unknown: 
     except ValueError:
         return [f"line {lineno} has a non-numeric value"]
     problems = []
-    if not (math.isfinite(v) and math.isfinite(a) and -1 <= v <= 1 and -1 <= a <= 1):
+    if not (math.isfinite(v) and math.isfinite(a)):
+        problems.append(f"line {lineno} has a NaN or infinite value")
+    elif not (-1 <= v <= 1 and -1 <= a <= 1):
         problems.append(f"line {lineno} has a value outside [-1, 1]")
     name, frame = m.group("name"), int(m.group("frame"))
     marks = seen.get(name)
