@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import os
+import signal
 from pathlib import Path
 
 import cv2
@@ -28,6 +31,7 @@ from vafusion.errors import VafusionError, WeightsError
 from vafusion.models.iresnet import iresnet
 from vafusion.train.finetune_face import (
     FaceClassifier,
+    FaceTask,
     FinetuneConfig,
     accuracy,
     output_paths,
@@ -372,3 +376,121 @@ def test_help_explains_every_option() -> None:
             assert action.help and len(action.help) > 10, action.dest
     text = p.format_help()
     assert "fer2013new.csv" in text and "--iresnet-weights" in text
+
+
+# --- reruns: seeding, last.ckpt, Ctrl-C, an existing --out -------------------------------------------------
+
+
+@pytest.fixture
+def tiny_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``finetune-face`` on 16 training faces with the tiny backbone (``load_iresnet`` returns a copy of
+    one fixed TinyBackbone without drawing random numbers, so only ``--seed`` can make runs agree)."""
+    usage, classes = balanced({"Training": 16, "PublicTest": 8})
+    root = write_fer(tmp_path / "fer", usage, classes)
+    init = tmp_path / "init.pth"
+    init.write_bytes(b"stand-in")
+    base = TinyBackbone()
+    monkeypatch.setattr("vafusion.train.finetune_face.load_iresnet", lambda arch, w: copy.deepcopy(base))
+
+    def run(out: str, *extra: str) -> int:
+        args = ["finetune-face", "--data", str(root), "--weights", str(init), "--out", str(tmp_path / out)]
+        flags = ["--arch", "iresnet18", "--batch", "8", "--lr", "1e-3", "--accelerator", "cpu", "--quiet"]
+        return main(args + flags + list(extra))
+
+    return run
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    head = torch.load(output_paths(out)["head"], weights_only=True)
+    return {**torch.load(out, weights_only=True), **{f"head.{k}": v for k, v in head.items()}}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_same_seed_gives_the_same_weights(tiny_cli, tmp_path: Path) -> None:
+    torch.manual_seed(123)  # whatever the global generator holds before the run must not matter
+    assert tiny_cli("a/fer.pth", "--epochs", "1", "--seed", "7") == 0
+    torch.manual_seed(456)
+    assert tiny_cli("b/fer.pth", "--epochs", "1", "--seed", "7") == 0
+    assert tiny_cli("c/fer.pth", "--epochs", "1", "--seed", "8") == 0
+    a, b, c = (_weights(tmp_path / d / "fer.pth") for d in "abc")
+    assert _same(a, b) and not torch.equal(a["head.weight"], c["head.weight"])
+    for d in ("a/fer.pth", "a/fer.head.pt"):  # the very same files
+        assert (tmp_path / d).read_bytes() == (tmp_path / d.replace("a/", "b/")).read_bytes()
+    history = [
+        json.loads(output_paths(tmp_path / d / "fer.pth")["summary"].read_text())["history"] for d in "ab"
+    ]
+    assert history[0] == history[1]
+
+
+def test_last_checkpoint_is_written_after_every_epoch(tmp_path: Path) -> None:
+    usage, classes = balanced({"Training": 16, "PublicTest": 8})
+    sets = load_face_data(write_fer(tmp_path / "fer", usage, classes), "majority")
+    cfg = FinetuneConfig(epochs=2, batch=8, lr=0.0, head_lr_scale=0.0)  # validation accuracy never improves
+    _, facts = train_classifier(
+        FaceClassifier(TinyBackbone(), 8), sets["train"], sets["val"], cfg, tmp_path / "w"
+    )
+    last = torch.load(tmp_path / "w" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 1 and last["global_step"] == 4 and facts["best_epoch"] == 1
+    _, again = train_classifier(
+        FaceClassifier(TinyBackbone(), 8), sets["train"], sets["val"], cfg, tmp_path / "w", resume=True
+    )
+    assert again["resumed"] and again["history"] == facts["history"]  # nothing trained again
+
+
+def test_ctrl_c_says_how_to_resume_and_resume_ends_as_the_uninterrupted_run(
+    tiny_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    assert tiny_cli("ref/fer.pth", "--epochs", "3") == 0
+    real = FaceTask.training_step
+
+    def step(self: FaceTask, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.current_epoch == 1 and batch_idx == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, in the second epoch
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(FaceTask, "training_step", step)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # a background test run ignores it
+    try:
+        capsys.readouterr()
+        assert tiny_cli("run/fer.pth", "--epochs", "3") == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Lightning's SIG_IGN undone
+    finally:
+        signal.signal(signal.SIGINT, before)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "vafusion: interrupted; rerun the same command with --resume to continue (finished work is kept)"
+    ]
+    work = output_paths(tmp_path / "run" / "fer.pth")["work"]
+    assert torch.load(work / "last.ckpt", map_location="cpu", weights_only=False)["epoch"] == 0
+    assert tiny_cli("run/fer.pth", "--epochs", "3") == 2  # without --resume: refused, naming the checkpoint
+    assert "last.ckpt: already exists" in capsys.readouterr().err
+    monkeypatch.setattr(FaceTask, "training_step", real)
+    assert tiny_cli("run/fer.pth", "--epochs", "3", "--resume") == 0
+    ref, run = (
+        json.loads(output_paths(tmp_path / d / "fer.pth")["summary"].read_text()) for d in ("ref", "run")
+    )
+    assert run["resumed"] and run["history"] == ref["history"]
+    assert _same(_weights(tmp_path / "run" / "fer.pth"), _weights(tmp_path / "ref" / "fer.pth"))
+
+
+def test_existing_out_is_refused_and_a_finished_run_is_kept(
+    tiny_cli, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert tiny_cli("ft/fer.pth", "--epochs", "1") == 0
+    paths = output_paths(tmp_path / "ft" / "fer.pth")
+    files = [paths["backbone"], paths["head"], paths["summary"], paths["work"] / "last.ckpt"]
+    state = [(p.read_bytes(), p.stat().st_mtime_ns) for p in files]
+    capsys.readouterr()
+    assert tiny_cli("ft/fer.pth", "--epochs", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{paths['backbone']}: already exists" in err[0]
+    assert "pass --resume to continue that run, or choose another --out" in err[0]
+    assert tiny_cli("ft/fer.pth", "--epochs", "1", "--resume") == 0
+    captured = capsys.readouterr()
+    assert (
+        "finished run with these settings; nothing to do" in captured.err and "best epoch 1" in captured.out
+    )
+    assert [(p.read_bytes(), p.stat().st_mtime_ns) for p in files] == state

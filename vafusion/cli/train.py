@@ -38,7 +38,9 @@ normalised like the IResNet extractor; training adds a random flip and a small r
 
 Writes OUT (the fine-tuned backbone with arcface_torch keys: pass it to `vafusion extract
 --iresnet-weights OUT`), OUT's stem + .head.pt (the classifier), + .json (classes, counts, history,
-accuracies) and OUT.work/ (Lightning checkpoints; --resume continues from OUT.work/last.ckpt).
+accuracies) and OUT.work/ (Lightning checkpoints; --resume continues from OUT.work/last.ckpt, written
+after every epoch). An existing OUT is not replaced: without --resume the command stops before any work.
+The same --seed gives the same weights (on CPU), also when a run is interrupted and resumed.
 """
 
 
@@ -139,6 +141,11 @@ def cmd_finetune_face(args: argparse.Namespace) -> int:
     summary = finetune_face(
         args.data, args.weights, args.out, cfg, resume=args.resume, progress=not args.quiet
     )
+    if summary.get("already_finished"):
+        print(
+            f"vafusion: note: {args.out} is a finished run with these settings; nothing to do",
+            file=sys.stderr,
+        )
     for split, counts in summary["counts"].items():
         print(
             f"{split:5s} {sum(counts.values()):6d} faces  " + "  ".join(f"{c} {n}" for c, n in counts.items())
@@ -329,7 +336,10 @@ def _add_finetune_face(sub: argparse._SubParsersAction) -> None:  # long: argpar
         help="Lightning precision, e.g. 32-true, 16-mixed, bf16-mixed (default 32-true)",
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run from OUT.work/last.ckpt"
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run after its last finished epoch (OUT.work/last.ckpt); a finished "
+        "run with the same settings is left as it is",
     )
     add_output(p)
     p.set_defaults(func=cmd_finetune_face)

@@ -9,13 +9,19 @@ epoch by validation accuracy is kept. Outputs, beside ``out`` (e.g. ``fer_r50.pt
   insightface's own code) load it directly;
 * ``<stem>.head.pt``: the classifier ``{"weight": (C, 512), "bias": (C,)}``;
 * ``<stem>.json``: classes, label mode, data counts, per-epoch history, validation/test accuracy;
-* ``<out>.work/``: Lightning checkpoints (``last.ckpt`` for ``--resume``) and ``metrics.csv``.
+* ``<out>.work/``: Lightning checkpoints (``last.ckpt``, written after every epoch, for ``--resume``;
+  ``best.ckpt``) and ``metrics.csv``.
+
+A run is reproducible: the head is initialised after seeding, and the training order and augmentation are
+drawn from (seed, epoch, face), so a run resumed after epoch k ends with the uninterrupted run's weights.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -27,9 +33,10 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from vafusion.data.ferplus import FaceDataset, FaceSet, load_face_data
+from vafusion.data.sequence import EpochSampler, epoch_seed
 from vafusion.errors import VafusionError
 from vafusion.io.atomic import atomic_path, write_json
 from vafusion.models.iresnet import EMBEDDING_SIZE, canonical_arch, preprocess
@@ -87,6 +94,10 @@ class FaceTask(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, batch_size=len(faces))
         self._train.append(float(loss.detach()))
         return loss
+
+    def on_train_batch_start(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Seed dropout by (seed, epoch, batch): checkpoints hold no generator state (as ``VATask``)."""
+        torch.manual_seed(epoch_seed(self.cfg.seed, self.current_epoch, batch_idx))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         faces, target = batch
@@ -161,17 +172,33 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", pattern)
 
 
+class _SeededFaces(Dataset):
+    """Training faces keyed ``(epoch, index)`` by :class:`EpochSampler`; each face's augmentation is drawn
+    from a generator seeded by (seed, epoch, index), in this process or in a loader worker alike."""
+
+    def __init__(self, faces: FaceDataset, seed: int) -> None:
+        self.faces, self.seed = faces, seed
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = key
+        torch.manual_seed(epoch_seed(self.seed, epoch, i))
+        return self.faces[i]
+
+
 def _loader(faces: FaceSet, cfg: FinetuneConfig, train: bool) -> DataLoader:
+    """Training: faces in a (seed, epoch) order, seeded augmentation; else in file order, unaugmented."""
     ds = FaceDataset(faces, augment=train, min_crop=cfg.min_crop)
-    gen = torch.Generator().manual_seed(cfg.seed) if train else None
+    if not train:
+        return DataLoader(ds, batch_size=cfg.batch, num_workers=cfg.workers)
     return DataLoader(
-        ds,
+        _SeededFaces(ds, cfg.seed),
         batch_size=cfg.batch,
-        shuffle=train,
-        drop_last=train and len(ds) > cfg.batch,
+        sampler=EpochSampler(len(ds), cfg.seed),
+        drop_last=len(ds) > cfg.batch,
         num_workers=cfg.workers,
-        generator=gen,
-        persistent_workers=False,
     )
 
 
@@ -188,21 +215,19 @@ def accuracy(model: nn.Module, faces: FaceSet, batch: int = 64) -> float:
 
 
 def _trainer(cfg: FinetuneConfig, work: Path, progress: bool) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Lightning trainer that keeps the epoch with the best validation accuracy."""
+    """A Lightning trainer that keeps the best epoch by validation accuracy (``best.ckpt``) and writes
+    ``last.ckpt`` after every epoch: by its own callback, as Lightning's ``save_last`` writes it only when
+    the accuracy improved, and ``--resume`` would then redo the epochs since."""
     ckpt = ModelCheckpoint(
-        dirpath=work,
-        filename="best",
-        monitor="val_acc",
-        mode="max",
-        save_last=True,
-        enable_version_counter=False,
+        dirpath=work, filename="best", monitor="val_acc", mode="max", enable_version_counter=False
     )
+    last = ModelCheckpoint(dirpath=work, filename="last", enable_version_counter=False)
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=1,
         precision=cfg.precision,
-        callbacks=[ckpt],
+        callbacks=[ckpt, last],
         logger=CSVLogger(work, name="", version=""),
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -240,10 +265,18 @@ def train_classifier(
     task = FaceTask(model, cfg, steps=len(dl_train) * cfg.epochs)
     work.mkdir(parents=True, exist_ok=True)
     trainer, ckpt = _trainer(cfg, work, progress)
+    dl_train.sampler.epoch_of = lambda: trainer.current_epoch
     last = work / "last.ckpt"
     t0 = time.perf_counter()
     resumed = resume and last.exists()
-    trainer.fit(task, dl_train, dl_val, ckpt_path=str(last) if resumed else None)
+    on_sigint = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(task, dl_train, dl_val, ckpt_path=str(last) if resumed else None)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C into a silent exit(1) and ignores further Ctrl-C
+            signal.signal(signal.SIGINT, on_sigint)
+            raise KeyboardInterrupt from None
+        raise
     seconds = time.perf_counter() - t0
     if ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
@@ -278,18 +311,35 @@ def output_paths(out: str | Path) -> dict[str, Path]:
 
 
 def export(model: FaceClassifier, out: str | Path, summary: dict) -> dict[str, Path]:
-    """Write the backbone (arcface_torch keys), the head and the summary, each atomically."""
+    """Write the backbone (arcface_torch keys), the head and the summary, each atomically. ``torch.save``
+    gets an open file: given a path, it names its archive after the random temp name (other bytes)."""
     paths = output_paths(out)
     backbone = {
         k: v.detach().cpu().float() if v.is_floating_point() else v.detach().cpu()
         for k, v in model.backbone.state_dict().items()
     }
-    with atomic_path(paths["backbone"]) as tmp:
-        torch.save(backbone, tmp)
-    with atomic_path(paths["head"]) as tmp:
-        torch.save({k: v.detach().cpu().float() for k, v in model.head.state_dict().items()}, tmp)
+    head = {k: v.detach().cpu().float() for k, v in model.head.state_dict().items()}
+    for key, tensors in (("backbone", backbone), ("head", head)):
+        with atomic_path(paths[key]) as tmp, open(tmp, "wb") as fh:
+            torch.save(tensors, fh)
     write_json(paths["summary"], summary)
     return paths
+
+
+def _earlier_run(out: str | Path, cfg: FinetuneConfig) -> tuple[Path | None, dict | None]:
+    """The first file an earlier run left at ``out`` (an output, or an interrupted run's ``last.ckpt``),
+    and that run's summary if it finished with the settings of ``cfg`` (``workers`` aside)."""
+    paths = output_paths(out)
+    files = [paths["backbone"], paths["head"], paths["summary"]]
+    found = next((p for p in [*files, paths["work"] / "last.ckpt"] if p.exists()), None)
+    if not all(p.is_file() for p in files):
+        return found, None
+    try:
+        summary = json.loads(paths["summary"].read_text())
+    except (OSError, ValueError):
+        return found, None
+    same = {**asdict(cfg), "workers": None} == {**summary.get("config", {}), "workers": None}
+    return found, summary if same and summary.get("format") == FORMAT else None
 
 
 def finetune_face(
@@ -302,15 +352,33 @@ def finetune_face(
 ) -> dict:
     """Fine-tune an IResNet (from arcface_torch ``weights``) on FER+ or an image folder; write ``out``.
 
-    Returns the summary also written to ``<stem>.json``.
+    Returns the summary also written to ``<stem>.json``. An earlier run's files at ``out`` are an error
+    without ``resume``; with it, an interrupted run continues after its last finished epoch and a finished
+    one is returned as it is, with ``already_finished`` set.
     """
     arch = canonical_arch(cfg.arch)
+    found, finished = _earlier_run(out, cfg)
+    if found is not None and not resume:
+        raise VafusionError(
+            found,
+            "already exists (an earlier finetune-face run)",
+            "pass --resume to continue that run, or choose another --out (or delete it)",
+        )
+    if finished is not None:
+        return {**finished, "already_finished": True}
     sets = load_face_data(data, cfg.labels)
     backbone = load_iresnet(arch, weights)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)  # the head's initialisation
     model = FaceClassifier(backbone.train(), len(sets["train"].classes))
-    paths = output_paths(out)
     model, facts = train_classifier(
-        model, sets["train"], sets["val"], cfg, paths["work"], resume, progress, test=sets.get("test")
+        model,
+        sets["train"],
+        sets["val"],
+        cfg,
+        output_paths(out)["work"],
+        resume,
+        progress,
+        test=sets.get("test"),
     )
     summary = {
         "format": FORMAT,
