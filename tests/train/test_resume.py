@@ -57,6 +57,7 @@ def test_resumed_after_any_epoch_ends_with_the_same_weights(data, reference, tmp
     ref = reference[0]
     work = tmp_path / "stopped"
     _fit(data, work, stopped_after + 1)  # its last.ckpt is what a run killed after that epoch leaves
+    assert torch.load(work / "last.ckpt", weights_only=True)["epoch"] == stopped_after  # even if not the best
     got = _fit(data, work, EPOCHS, resume=True)
     assert ref.keys() == got.keys()
     assert all(torch.equal(ref[k], got[k]) for k in ref)

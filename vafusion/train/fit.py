@@ -119,15 +119,13 @@ def _loaders(
 def _trainer(
     t: TrainConfig, work: Path, progress: bool, extra: list[L.Callback]
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A deterministic Lightning trainer that keeps the best epoch by validation P and stops early."""
+    """A deterministic Lightning trainer that keeps the best epoch by validation P (``best.ckpt``), writes
+    ``last.ckpt`` after every epoch and stops early. ``last.ckpt`` has a callback of its own: Lightning's
+    ``save_last`` writes it only in epochs where the score improved, so ``--resume`` redid epochs."""
     ckpt = ModelCheckpoint(
-        dirpath=work,
-        filename="best",
-        monitor="val_P",
-        mode="max",
-        save_last=True,
-        enable_version_counter=False,
+        dirpath=work, filename="best", monitor="val_P", mode="max", enable_version_counter=False
     )
+    last = ModelCheckpoint(dirpath=work, filename="last", enable_version_counter=False)
     stop = EarlyStopping(monitor="val_P", mode="max", patience=t.patience)
     trainer = L.Trainer(
         max_epochs=t.max_epochs,
@@ -136,7 +134,7 @@ def _trainer(
         num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,
-        callbacks=[ckpt, stop, *extra],
+        callbacks=[ckpt, last, stop, *extra],
         logger=CSVLogger(work, name="", version=""),
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress,

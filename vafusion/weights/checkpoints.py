@@ -14,9 +14,11 @@ WRITTEN_BY = "pass a fold<k>.pt file written by `vafusion cv`"
 
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> None:
-    """Write ``checkpoint`` atomically (tensors and plain types only, so loading runs no code)."""
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint.to_payload(), tmp)
+    """Write ``checkpoint`` atomically (tensors and plain types only, so loading runs no code). ``torch.save``
+    gets an open file: given a path, it names its archive after the random temporary name, and equal
+    checkpoints would differ in their bytes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(checkpoint.to_payload(), fh)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
