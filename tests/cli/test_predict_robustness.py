@@ -328,3 +328,8 @@ def test_several_video_streams_are_named_and_the_first_is_used(tiny, tmp_path) -
         "another, copy it out first: ffmpeg -i IN -map 0:v:N -map 0:a? -c copy OUT.mkv"
     ) in err
     assert len(pd.read_csv(tmp_path / "o" / "two_video.csv")) == 5
+
+
+def test_the_library_says_predict_takes_one_path(predictor) -> None:
+    with pytest.raises(TypeError, match="predict takes one video path, got a list; one call per file"):
+        predictor.predict(["a.mp4", "b.mp4"])

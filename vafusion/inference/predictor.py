@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -336,6 +337,8 @@ class Predictor:
     ) -> Prediction:
         """Features, fold-averaged prediction, output table and warnings of one video (one subject, or every
         person with ``faces="all"``)."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"predict takes one video path, got a {type(path).__name__}; one call per file")
         start = time.perf_counter()
         vf = self.extract(path, subject=subject, faces=faces)
         t0 = time.perf_counter()
