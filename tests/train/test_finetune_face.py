@@ -325,8 +325,10 @@ def test_cli_writes_a_backbone_that_loads_strictly(tmp_path: Path, capsys: pytes
         )
         == 0
     )
-    printed = capsys.readouterr().out
+    printed, err = capsys.readouterr()
     assert "best epoch 1" in printed and "--iresnet-weights" in printed
+    unseen = "surprise, sadness, anger, disgust, fear, contempt"  # the two training faces are classes 0, 1
+    assert f"vafusion: note: no training faces of {unseen}: the head keeps their outputs" in err
     saved = torch.load(out, map_location="cpu", weights_only=True)
     assert set(saved) == set(start)  # plain arcface_torch keys, no head, no prefix
     net = load_iresnet("iresnet18", out)

@@ -150,6 +150,14 @@ def cmd_finetune_face(args: argparse.Namespace) -> int:
         print(
             f"{split:5s} {sum(counts.values()):6d} faces  " + "  ".join(f"{c} {n}" for c, n in counts.items())
         )
+    unseen = [c for c, n in summary["counts"]["train"].items() if n == 0]
+    if unseen:
+        print(
+            f"vafusion: note: no training faces of {', '.join(unseen)}: the head keeps "
+            f"{'its output' if len(unseen) == 1 else 'their outputs'} but never learns "
+            f"{'it' if len(unseen) == 1 else 'them'}",
+            file=sys.stderr,
+        )
     for h in summary["history"]:
         print(
             f"epoch {h['epoch']:3d}  train loss {h['train_loss']:.4f}  val loss {h['val_loss']:.4f}  "
