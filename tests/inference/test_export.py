@@ -275,6 +275,8 @@ def test_an_earlier_export_is_refused_or_replaced_whole(run: Path, tmp_path: Pat
     common = ["export", "--model", str(run), "--out", str(out), "--no-frontends", "--quiet"]
     assert main(common) == 0
     assert sorted(p.name for p in (out / "fusion").glob("*.onnx")) == ["fold0.onnx", "fold1.onnx"]
+    note = "vafusion: note: fusion: no checkpoint for fold 2, 3, 4, 5 of the run's cv.folds"
+    assert note in capsys.readouterr().err  # the run's config asks for six folds, it holds two
     (out / "notes.txt").write_text("mine")
     assert main([*common, "--folds", "0"]) == 2
     assert "export.json: exists (an earlier export); pass --overwrite" in capsys.readouterr().err

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from vafusion.cli.common import add_output, add_weights, int_list, positive
+from vafusion.config import load_config
+from vafusion.errors import VafusionError
 from vafusion.inference.export import export_run
 from vafusion.io.atomic import prepare_dir
 from vafusion.models.registry import model_names
@@ -36,6 +39,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     for m in summary["models"]:
         print(f"{m['model']} fold {m['fold']}: {m['onnx']} (max |onnx - torch| {m['max_abs_diff']:.2g})")
+    if args.folds is None:
+        _note_missing_folds(args.model, summary["models"])
     for name, fe in summary["frontends"]["exported"].items():
         print(f"front end {name}: {fe['onnx']} (max |onnx - torch| {fe['max_abs_diff']:.2g})")
     for name, why in summary["frontends"]["skipped"].items():
@@ -45,6 +50,22 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"summary: {args.out / 'export.json'}"
     )
     return 0
+
+
+def _note_missing_folds(run: Path, exported: list[dict]) -> None:
+    """Say which of the run's ``cv.folds`` had no checkpoint (``export`` takes every fold it finds)."""
+    try:
+        wanted = load_config(run / "config.yaml").cv.folds if (run / "config.yaml").is_file() else []
+    except VafusionError:
+        return
+    for which in dict.fromkeys(m["model"] for m in exported):
+        missing = sorted(set(wanted) - {m["fold"] for m in exported if m["model"] == which})
+        if missing:
+            print(
+                f"vafusion: note: {which}: no checkpoint for fold {', '.join(map(str, missing))} of the "
+                "run's cv.folds; the other folds were exported",
+                file=sys.stderr,
+            )
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
