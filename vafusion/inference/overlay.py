@@ -26,7 +26,7 @@ from tqdm import tqdm
 from vafusion.errors import MediaError
 from vafusion.inference.predictor import Prediction
 from vafusion.io.atomic import atomic_path
-from vafusion.io.video import iter_frames, video_streams
+from vafusion.io.video import iter_frames, video_start
 
 MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "opus", "alac", "flac"}
 """Audio codecs MP4 holds as they are (copied without re-encoding)."""
@@ -195,9 +195,7 @@ class _AudioCopy:
         self.input = av.open(str(src), metadata_errors="ignore")
         audio = self.input.streams.audio
         stream = audio[index] if 0 <= index < len(audio) else None
-        video = video_streams(self.input)[:1]
-        known = video and video[0].start_time is not None and video[0].time_base is not None
-        self.start = Fraction(video[0].start_time) * video[0].time_base if known else Fraction(0)
+        self.start = video_start(self.input) or Fraction(0)
         self.packets: Iterator[av.Packet] | None = None
         self.pending: av.Packet | None = None
         if stream is not None and stream.codec_context.name in MP4_AUDIO:

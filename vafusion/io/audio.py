@@ -18,7 +18,7 @@ import av
 import numpy as np
 
 from vafusion.errors import MediaError
-from vafusion.io.video import _open, video_streams
+from vafusion.io.video import _open, video_start
 
 
 def encode_audio(
@@ -92,13 +92,10 @@ def _decoded(
 def _lead(container: av.container.InputContainer, first: float | None) -> float:
     """Seconds from the first video frame to the audio's first sample at ``first`` s, as players align them
     (by timestamps); 0 without a video stream or timestamps."""
-    videos = video_streams(container)
-    if first is None or not videos:
+    start = video_start(container)
+    if first is None or start is None:
         return 0.0
-    video = videos[0]  # the stream vafusion.io.video decodes
-    if video.start_time is None or video.time_base is None:
-        return 0.0
-    return float(first) - float(video.start_time * video.time_base)
+    return float(first) - float(start)
 
 
 def _audio_stream(

@@ -77,6 +77,15 @@ def video_streams(container: av.container.InputContainer) -> list[av.video.strea
     return [s for s in streams if not s.disposition & av.stream.Disposition.attached_pic] or streams
 
 
+def video_start(container: av.container.InputContainer) -> Fraction | None:
+    """Presentation time (s) of the decoded video stream's start, where frame times count from; ``None``
+    without a video stream or its timestamps."""
+    videos = video_streams(container)
+    if not videos or videos[0].start_time is None or videos[0].time_base is None:
+        return None
+    return Fraction(videos[0].start_time) * videos[0].time_base
+
+
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
     streams = video_streams(container)
     if not streams:
