@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -40,6 +39,7 @@ from vafusion.data.sequence import EpochSampler, epoch_seed
 from vafusion.errors import VafusionError
 from vafusion.io.atomic import atomic_path, write_json
 from vafusion.models.iresnet import EMBEDDING_SIZE, canonical_arch, preprocess
+from vafusion.train.fit import checkpoints, fit_or_interrupt
 from vafusion.train.module import FOREACH
 from vafusion.weights import load_iresnet, sha256
 
@@ -215,13 +215,9 @@ def accuracy(model: nn.Module, faces: FaceSet, batch: int = 64) -> float:
 
 
 def _trainer(cfg: FinetuneConfig, work: Path, progress: bool) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A Lightning trainer that keeps the best epoch by validation accuracy (``best.ckpt``) and writes
-    ``last.ckpt`` after every epoch: by its own callback, as Lightning's ``save_last`` writes it only when
-    the accuracy improved, and ``--resume`` would then redo the epochs since."""
-    ckpt = ModelCheckpoint(
-        dirpath=work, filename="best", monitor="val_acc", mode="max", enable_version_counter=False
-    )
-    last = ModelCheckpoint(dirpath=work, filename="last", enable_version_counter=False)
+    """A Lightning trainer that keeps the best epoch by validation accuracy and writes ``last.ckpt`` after
+    every epoch (:func:`~vafusion.train.fit.checkpoints`)."""
+    ckpt, last = checkpoints(work, "val_acc")
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
@@ -269,14 +265,7 @@ def train_classifier(
     last = work / "last.ckpt"
     t0 = time.perf_counter()
     resumed = resume and last.exists()
-    on_sigint = signal.getsignal(signal.SIGINT)
-    try:
-        trainer.fit(task, dl_train, dl_val, ckpt_path=str(last) if resumed else None)
-    except SystemExit:
-        if trainer.interrupted:  # Lightning turns Ctrl-C into a silent exit(1) and ignores further Ctrl-C
-            signal.signal(signal.SIGINT, on_sigint)
-            raise KeyboardInterrupt from None
-        raise
+    fit_or_interrupt(trainer, task, dl_train, dl_val, ckpt_path=str(last) if resumed else None)
     seconds = time.perf_counter() - t0
     if ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]

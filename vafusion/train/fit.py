@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -116,16 +117,37 @@ def _loaders(
     return ds_train, order, dl_train, dl_val
 
 
+def checkpoints(work: Path, monitor: str) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``best.ckpt`` (highest ``monitor``) and ``last.ckpt`` written after every epoch, in ``work``.
+
+    ``last.ckpt`` has a callback of its own: Lightning's ``save_last`` writes it only in epochs where the
+    score improved, so ``--resume`` redid the epochs since.
+    """
+    best = ModelCheckpoint(
+        dirpath=work, filename="best", monitor=monitor, mode="max", enable_version_counter=False
+    )
+    return best, ModelCheckpoint(dirpath=work, filename="last", enable_version_counter=False)
+
+
+def fit_or_interrupt(trainer: L.Trainer, *args: object, **kwargs: object) -> None:
+    """``trainer.fit``; Ctrl-C ends it as ``KeyboardInterrupt`` (the CLI says how to resume). Lightning turns
+    Ctrl-C into a silent ``exit(1)`` and leaves SIGINT ignored; the handler is put back."""
+    on_sigint = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            signal.signal(signal.SIGINT, on_sigint)
+            raise KeyboardInterrupt from None
+        raise
+
+
 def _trainer(
     t: TrainConfig, work: Path, progress: bool, extra: list[L.Callback]
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """A deterministic Lightning trainer that keeps the best epoch by validation P (``best.ckpt``), writes
-    ``last.ckpt`` after every epoch and stops early. ``last.ckpt`` has a callback of its own: Lightning's
-    ``save_last`` writes it only in epochs where the score improved, so ``--resume`` redid epochs."""
-    ckpt = ModelCheckpoint(
-        dirpath=work, filename="best", monitor="val_P", mode="max", enable_version_counter=False
-    )
-    last = ModelCheckpoint(dirpath=work, filename="last", enable_version_counter=False)
+    """A deterministic Lightning trainer that keeps the best epoch by validation P, writes ``last.ckpt``
+    after every epoch (:func:`checkpoints`) and stops early."""
+    ckpt, last = checkpoints(work, "val_P")
     stop = EarlyStopping(monitor="val_P", mode="max", patience=t.patience)
     trainer = L.Trainer(
         max_epochs=t.max_epochs,
@@ -184,12 +206,9 @@ def fit(
     order.epoch_of = lambda: trainer.current_epoch
     clean_stale_temps(work)
     last = work / "last.ckpt"
-    try:
-        trainer.fit(task, dl_train, dl_val, ckpt_path=str(last) if resume and _readable(last) else None)
-    except SystemExit:
-        if trainer.interrupted:  # Lightning turns Ctrl-C into a silent exit(1); let the CLI say how to resume
-            raise KeyboardInterrupt from None
-        raise
+    fit_or_interrupt(
+        trainer, task, dl_train, dl_val, ckpt_path=str(last) if resume and _readable(last) else None
+    )
     if ckpt.best_model_path:
         state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state)
