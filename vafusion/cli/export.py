@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from vafusion.cli.common import add_output, add_weights, int_list, positive
-from vafusion.config import load_config
 from vafusion.errors import VafusionError
+from vafusion.inference.bundle import run_config
 from vafusion.inference.export import export_run
 from vafusion.io.atomic import prepare_dir
 from vafusion.models.registry import model_names
@@ -54,8 +54,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _note_missing_folds(run: Path, exported: list[dict]) -> None:
     """Say which of the run's ``cv.folds`` had no checkpoint (``export`` takes every fold it finds)."""
+    if not (run / "config.yaml").is_file():
+        return
     try:
-        wanted = load_config(run / "config.yaml").cv.folds if (run / "config.yaml").is_file() else []
+        wanted = run_config(run / "config.yaml", None, []).cv.folds  # read as predict reads a run's config
     except VafusionError:
         return
     for which in dict.fromkeys(m["model"] for m in exported):
